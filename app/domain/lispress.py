@@ -14,6 +14,7 @@ SMCalFlow 1.0 form that the fine-tuned small model emits.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -66,7 +67,11 @@ def tokenize(text: str) -> list[str | Str]:
     Strings may contain brackets, escaped quotes (`\\"`) and any Unicode text.
     Raises LispressError on an unterminated string.
     """
-    tokens: list[str | Str] = []
+    return [token for token, _ in _iter_tokens(text)]
+
+
+def _iter_tokens(text: str) -> Iterator[tuple[str | Str, int]]:
+    """Yield each token with the index just past its last character, lazily."""
     position = 0
     length = len(text)
     while position < length:
@@ -74,20 +79,19 @@ def tokenize(text: str) -> list[str | Str]:
         if char.isspace():
             position += 1
         elif char in "()":
-            tokens.append(char)
             position += 1
+            yield char, position
         elif char in _PREFIXES and position + 1 < length and text[position + 1] == "(":
-            tokens.append(char)
             position += 1
+            yield char, position
         elif char == '"':
             value, position = _read_string(text, position)
-            tokens.append(Str(value))
+            yield Str(value), position
         else:
             match = _SYMBOL.match(text, position)
             assert match is not None  # any other character starts a symbol
-            tokens.append(match.group())
             position = match.end()
-    return tokens
+            yield match.group(), position
 
 
 def _read_string(text: str, start: int) -> tuple[str, int]:
@@ -109,48 +113,43 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
 
 def parse(text: str) -> Sexp:
     """Parse exactly one S-expression; raise LispressError on anything else."""
-    tokens = tokenize(text)
-    if not tokens:
-        raise LispressError("empty plan", 0)
-    sexp, next_index = _parse_tokens(tokens, 0)
-    if next_index != len(tokens):
-        raise LispressError(f"unexpected {_describe(tokens[next_index])} after the plan", next_index)
+    tokens = _iter_tokens(text)
+    sexp, end = _read_sexp(tokens)
+    for token, _ in tokens:
+        raise LispressError(f"unexpected {_describe(token)} after the plan", end)
     return sexp
 
 
 def parse_prefix(text: str) -> tuple[Sexp, int]:
-    """Parse the first complete S-expression of `text`.
+    """Parse the first complete S-expression of `text`, ignoring whatever follows it.
 
-    Returns the expression and the number of tokens it used, so callers can
-    tell whether anything followed it.
+    Returns the expression and the index in `text` just past its end. Text
+    after the expression is not even tokenized, so it may be anything.
     """
-    tokens = tokenize(text)
-    if not tokens:
-        raise LispressError("empty plan", 0)
-    return _parse_tokens(tokens, 0)
+    return _read_sexp(_iter_tokens(text))
 
 
-def _parse_tokens(tokens: list[str | Str], index: int) -> tuple[Sexp, int]:
+def _read_sexp(tokens: Iterator[tuple[str | Str, int]]) -> tuple[Sexp, int]:
+    """Consume tokens up to the end of one S-expression."""
     # An explicit stack instead of recursion: model output can nest arbitrarily deep.
     stack: list[list[Sexp]] = []
-    while index < len(tokens):
-        token = tokens[index]
-        index += 1
+    end = 0
+    for token, end in tokens:
         if token == "(":
             stack.append([])
             continue
         if token == ")":
             if not stack:
-                raise LispressError("unbalanced ')'", index - 1)
+                raise LispressError("unbalanced ')'", end - 1)
             finished: Sexp = tuple(stack.pop())
         else:
             finished = token
         if not stack:
-            return finished, index
+            return finished, end
         stack[-1].append(finished)
     if stack:
-        raise LispressError(f"{len(stack)} unclosed '('", index)
-    raise LispressError("missing expression", index)
+        raise LispressError(f"{len(stack)} unclosed '('", end)
+    raise LispressError("empty plan", end)
 
 
 def _describe(token: str | Str) -> str:
