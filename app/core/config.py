@@ -16,7 +16,10 @@ DEFAULT_EXAMPLES_PATH = PACKAGE_DIR / "data" / "examples.jsonl"
 class Settings(BaseSettings):
     """Every setting of the service; `.env.template` documents each one."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty value (`OLLAMA_HOST=`) means "use the default", as .env.template shows.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # Server
     host: str = "127.0.0.1"
@@ -55,11 +58,6 @@ class Settings(BaseSettings):
     delegation_ratio_window: int = Field(500, ge=10)
     delegation_min_samples: int = Field(50, ge=1)
     delegation_warmup_threshold: float = Field(0.5, ge=0, le=1)
-
-    # Request limits
-    max_utterance_chars: int = Field(1000, ge=1)
-    max_context_turns: int = Field(5, ge=0)
-    max_context_text_chars: int = Field(4000, ge=1)
 
     @model_validator(mode="after")
     def _check_window_sizes(self) -> Settings:

@@ -1,0 +1,107 @@
+"""One error format for every failure: RFC 9457 problem details with the request id."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.schemas import ProblemDetails
+from app.core.logging import request_id_var
+from app.planner import PlanUnavailableError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = "5"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Build a problem-details response carrying the current request id."""
+    body = ProblemDetails(
+        title=title, status=status, detail=detail, request_id=request_id_var.get(), errors=errors
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _field_path(location: tuple) -> str:
+    # ("body", "context", 0, "utterance") -> "context[0].utterance"
+    path = ""
+    for part in location[1:] if location and location[0] == "body" else location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            return problem_response(
+                400,
+                "Malformed JSON",
+                "The request body is not valid JSON: send a JSON object such as "
+                '{"utterance": "What is on my calendar today?"} with '
+                "Content-Type: application/json.",
+            )
+        message = error.get("msg", "is invalid")
+        if error.get("type") == "missing":
+            message = "Field required"
+        elif error.get("type") == "extra_forbidden":
+            message = "Unknown field: remove it (allowed: utterance, context)"
+        errors.append({"field": _field_path(tuple(error.get("loc", ()))), "message": message})
+    detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
+    return problem_response(422, "Invalid request", detail, errors=errors)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    title = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed"}.get(
+        exc.status_code, "Request failed"
+    )
+    return problem_response(
+        exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)
+    )
+
+
+async def _plan_unavailable(request: Request, exc: PlanUnavailableError) -> JSONResponse:
+    failed = ", ".join(exc.backend_errors)
+    detail = "No model produced a usable plan. " + "; ".join(
+        f"{backend}: {error}" for backend, error in exc.backend_errors.items()
+    )
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code == 503 else None
+    title = {503: "Model backends unavailable", 504: "Model backend timed out"}.get(
+        exc.status_code, "Model backend failed"
+    )
+    logger.error("plan unavailable status=%s failed_backends=%s", exc.status_code, failed)
+    return problem_response(exc.status_code, title, detail, headers=headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error path=%s", request.url.path)
+    return problem_response(
+        500,
+        "Internal server error",
+        "The service failed unexpectedly; the error is logged under this request id.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into problem details."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PlanUnavailableError, _plan_unavailable)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,57 @@
+"""GET /health (liveness) and GET /ready (readiness)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.api.schemas import BackendReadiness, HealthResponse, ReadinessResponse
+from app.planner import Planner
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> HealthResponse:
+    """Answer 200 while the process runs; checks nothing else."""
+    return HealthResponse()
+
+
+@router.get(
+    "/ready",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "The small model cannot answer."}},
+    summary="Readiness",
+)
+async def ready(request: Request) -> JSONResponse:
+    """Report each backend; 503 when the small model cannot answer.
+
+    The large model being down is not fatal: the small model's plans are
+    returned and the responses say that delegation was unavailable.
+    """
+    planner: Planner = request.app.state.planner
+    backends = [("small", planner.small)]
+    if planner.large is not None:
+        backends.append(("large", planner.large))
+    statuses = await asyncio.gather(*(backend.probe() for _, backend in backends))
+
+    threshold, ratio, _ = planner.policy.snapshot()
+    body = ReadinessResponse(
+        ready=statuses[0].ready,
+        backends=[
+            BackendReadiness(
+                role=role,
+                backend=status.backend,
+                model_name=status.model_name,
+                ready=status.ready,
+                detail=status.detail,
+            )
+            for (role, _), status in zip(backends, statuses, strict=True)
+        ],
+        examples=len(planner.index),
+        delegation_threshold=threshold,
+        delegation_ratio=ratio,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

@@ -1,0 +1,85 @@
+"""POST /api/inference/generate-plan."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+
+from app.api.deps import PlannerDep
+from app.api.schemas import DelegationInfo, FewShotExample, PlanRequest, PlanResponse, ProblemDetails
+from app.core.logging import request_id_var
+from app.domain.dialogue import Turn
+from app.planner import PlanResult
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/inference", tags=["plans"])
+
+_ERRORS = {
+    status: {"model": ProblemDetails, "description": description}
+    for status, description in {
+        400: "The body is not valid JSON.",
+        422: "A field is missing, of the wrong type, empty or over its limit.",
+        502: "A model answered with an error or without a usable plan.",
+        503: "No model backend could be reached; retry after the Retry-After seconds.",
+        504: "The model backend timed out.",
+    }.items()
+}
+
+
+@router.post(
+    "/generate-plan",
+    response_model=PlanResponse,
+    responses=_ERRORS,
+    summary="Turn an utterance into a plan",
+)
+async def generate_plan(body: PlanRequest, planner: PlannerDep) -> PlanResponse:
+    """Answer with the small model's plan, or the large model's when the small one is unsure."""
+    context = [Turn(turn.utterance, turn.plan, turn.agent_reply) for turn in body.context]
+    result = await planner.generate(body.utterance, context)
+    response = _to_response(result)
+    logger.info(
+        "plan generated model=%s backend=%s confidence=%s delegated=%s "
+        "delegation_status=%s reason=%s threshold=%s ratio=%s total_ms=%s",
+        response.model, response.backend, response.confidence, response.delegated,
+        response.delegation.status, response.delegation.reason, response.delegation.threshold,
+        response.delegation.ratio, result.timings_ms.get("total"),
+    )
+    return response
+
+
+def _to_response(result: PlanResult) -> PlanResponse:
+    decision = result.decision
+    delegation = DelegationInfo(
+        wanted=decision.delegate if decision else True,
+        status=result.delegation_status,
+        reason=str(decision.reason) if decision else None,
+        threshold=round(decision.threshold, 6) if decision else None,
+        ratio=round(decision.ratio, 6) if decision else None,
+        samples=decision.samples if decision else None,
+        warming_up=decision.warming_up if decision else None,
+        error=result.delegation_error,
+    )
+    return PlanResponse(
+        request_id=request_id_var.get() or "",
+        plan=result.plan,
+        model=result.model,
+        backend=result.backend,
+        model_name=result.model_name,
+        confidence=None if result.confidence is None else round(result.confidence, 6),
+        confidence_source=result.confidence_source,
+        delegated=result.model == "large",
+        delegation=delegation,
+        small_plan=result.small_plan if result.model == "large" else None,
+        fallback=result.fallback,
+        few_shot=[
+            FewShotExample(
+                id=scored.example.id,
+                utterance=scored.example.utterance,
+                similarity=round(scored.similarity, 6),
+            )
+            for scored in result.few_shot
+        ],
+        timings_ms=result.timings_ms,
+    )

@@ -1,0 +1,90 @@
+"""Build the FastAPI application: `python -m app` or `uvicorn app.main:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.middleware import RequestIdMiddleware
+from app.api.routes import health, plans
+from app.backends.factory import build_large_backend, build_small_backend
+from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
+from app.domain.delegation import DelegationConfig, DelegationPolicy
+from app.domain.example_bank import load_bank
+from app.domain.retrieval import ExampleIndex
+from app.planner import Planner
+
+logger = logging.getLogger(__name__)
+
+
+def build_policy(settings: Settings) -> DelegationPolicy:
+    """Create the delegation policy from the settings."""
+    return DelegationPolicy(
+        DelegationConfig(
+            window_size=settings.delegation_window_size,
+            percentile=settings.delegation_percentile,
+            max_ratio=settings.delegation_max_ratio,
+            ratio_window=settings.delegation_ratio_window,
+            min_samples=settings.delegation_min_samples,
+            warmup_threshold=settings.delegation_warmup_threshold,
+        )
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Create the application; backends start in its lifespan, not here."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, settings.log_format)
+        examples = load_bank(settings.examples_path)
+        index = ExampleIndex(examples)
+        logger.info("example bank loaded path=%s examples=%d", settings.examples_path, len(index))
+
+        small = await build_small_backend(settings)
+        large = build_large_backend(settings)
+        logger.info(
+            "backends ready small_backend=%s small_model=%s large_backend=%s large_model=%s",
+            small.backend, small.model_name,
+            large.backend if large else "none", large.model_name if large else "-",
+        )
+        app.state.settings = settings
+        app.state.planner = Planner(
+            index=index,
+            small=small,
+            large=large,
+            policy=build_policy(settings),
+            few_shot_k=settings.few_shot_k,
+            small_max_tokens=settings.small_model_max_tokens,
+            large_max_tokens=settings.large_model_max_tokens,
+        )
+        try:
+            yield
+        finally:
+            await small.aclose()
+            if large is not None:
+                await large.aclose()
+            logger.info("service stopped")
+
+    app = FastAPI(
+        title="Plan service",
+        version="0.1.0",
+        summary="Turns calendar-assistant utterances into SMCalFlow plans.",
+        description=(
+            "A small local model answers first; its least confident answers are delegated "
+            "to a large model. Errors use RFC 9457 problem details."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(plans.router)
+    app.include_router(health.router)
+    return app
+

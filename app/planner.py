@@ -1,0 +1,227 @@
+"""The plan pipeline: retrieve examples, ask the small model, decide, maybe delegate.
+
+This module ties the domain code to the model backends through their common
+interface; it knows no web framework and no vendor SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.backends.base import ModelBackend
+from app.backends.errors import BackendError
+from app.domain.delegation import DelegationDecision, DelegationPolicy
+from app.domain.dialogue import Turn
+from app.domain.plan_output import ExtractedPlan, extract_plan, logprob_confidence
+from app.domain.prompts import build_messages
+from app.domain.retrieval import ExampleIndex, ScoredExample
+
+logger = logging.getLogger(__name__)
+
+ConfidenceSource = Literal["logprobs", "retrieval", "invalid_plan"]
+DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
+
+
+class PlanUnavailableError(Exception):
+    """No backend produced a usable plan; `backend_errors` says what each one did."""
+
+    def __init__(self, status_code: int, backend_errors: dict[str, str]) -> None:
+        details = "; ".join(f"{name}: {error}" for name, error in backend_errors.items())
+        super().__init__(f"no usable plan ({details})")
+        self.status_code = status_code
+        self.backend_errors = backend_errors
+
+
+@dataclass(slots=True)
+class PlanResult:
+    """Everything the service knows about one answered request."""
+
+    plan: str
+    model: Literal["small", "large"]
+    backend: str
+    model_name: str
+    confidence: float | None
+    confidence_source: ConfidenceSource | None
+    decision: DelegationDecision | None
+    delegation_status: DelegationStatus
+    few_shot: list[ScoredExample]
+    small_plan: str | None = None
+    small_error: str | None = None
+    delegation_error: str | None = None
+    fallback: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _SmallAnswer:
+    extracted: ExtractedPlan
+    confidence: float
+    source: ConfidenceSource
+
+
+class Planner:
+    """Answers utterances with plans; one instance serves all requests concurrently."""
+
+    def __init__(
+        self,
+        *,
+        index: ExampleIndex,
+        small: ModelBackend,
+        large: ModelBackend | None,
+        policy: DelegationPolicy,
+        few_shot_k: int,
+        small_max_tokens: int,
+        large_max_tokens: int,
+    ) -> None:
+        self.index = index
+        self.small = small
+        self.large = large
+        self.policy = policy
+        self.few_shot_k = few_shot_k
+        self.small_max_tokens = small_max_tokens
+        self.large_max_tokens = large_max_tokens
+
+    async def generate(self, utterance: str, context: Sequence[Turn] = ()) -> PlanResult:
+        """Return the plan for `utterance`, or raise PlanUnavailableError."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        few_shot = self.index.search(utterance, self.few_shot_k)
+        timings["retrieval"] = _elapsed_ms(started)
+        messages = build_messages(utterance, context, [scored.example for scored in few_shot])
+
+        small_started = time.perf_counter()
+        try:
+            completion = await self.small.complete(messages, max_tokens=self.small_max_tokens)
+        except BackendError as error:
+            timings["small_model"] = _elapsed_ms(small_started)
+            logger.warning(
+                "small model failed backend=%s error_type=%s error=%s",
+                self.small.backend, type(error).__name__, error.message,
+            )
+            return await self._answer_without_small(messages, few_shot, error, timings, started)
+        timings["small_model"] = _elapsed_ms(small_started)
+
+        answer = self._score(completion.text, completion.token_logprobs, few_shot)
+        decision = self.policy.decide(answer.confidence, plan_valid=answer.extracted.valid)
+        result = PlanResult(
+            plan=answer.extracted.plan or "",
+            model="small",
+            backend=self.small.backend,
+            model_name=self.small.model_name,
+            confidence=answer.confidence,
+            confidence_source=answer.source,
+            decision=decision,
+            delegation_status="not_wanted",
+            few_shot=few_shot,
+            small_plan=answer.extracted.plan,
+            small_error=answer.extracted.error,
+            timings_ms=timings,
+        )
+        if decision.delegate:
+            await self._delegate(result, messages)
+        if not result.plan:
+            raise PlanUnavailableError(
+                502,
+                {
+                    self.small.backend: f"returned no usable plan: {answer.extracted.error}",
+                    "large": result.delegation_error or "not configured",
+                },
+            )
+        timings["total"] = _elapsed_ms(started)
+        return result
+
+    def _score(
+        self, text: str, token_logprobs: Sequence[float] | None, few_shot: list[ScoredExample]
+    ) -> _SmallAnswer:
+        extracted = extract_plan(text)
+        if not extracted.valid:
+            return _SmallAnswer(extracted, 0.0, "invalid_plan")
+        confidence = logprob_confidence(token_logprobs)
+        if confidence is not None:
+            return _SmallAnswer(extracted, confidence, "logprobs")
+        # No log-probabilities from this backend: fall back to how close the nearest
+        # example is, a weaker signal but one that needs nothing from the model.
+        nearest = few_shot[0].similarity if few_shot else 0.0
+        return _SmallAnswer(extracted, nearest, "retrieval")
+
+    async def _delegate(self, result: PlanResult, messages: list) -> None:
+        """Ask the large model; on failure keep the small plan and say why."""
+        if self.large is None:
+            result.delegation_status = "unavailable"
+            result.delegation_error = "no large model is configured (LARGE_MODEL_BACKEND=none)"
+            return
+        started = time.perf_counter()
+        try:
+            completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
+        except BackendError as error:
+            result.timings_ms["large_model"] = _elapsed_ms(started)
+            result.delegation_status = "unavailable" if error.status_code == 503 else "failed"
+            result.delegation_error = error.message
+            logger.warning(
+                "large model failed backend=%s error_type=%s error=%s",
+                self.large.backend, type(error).__name__, error.message,
+            )
+            return
+        result.timings_ms["large_model"] = _elapsed_ms(started)
+
+        extracted = extract_plan(completion.text)
+        if not extracted.valid:
+            result.delegation_status = "failed"
+            result.delegation_error = f"the large model returned no usable plan: {extracted.error}"
+            logger.warning("large model returned no plan error=%s", extracted.error)
+            return
+        result.plan = extracted.plan or ""
+        result.model = "large"
+        result.backend = self.large.backend
+        result.model_name = self.large.model_name
+        result.delegation_status = "completed"
+
+    async def _answer_without_small(
+        self,
+        messages: list,
+        few_shot: list[ScoredExample],
+        small_error: BackendError,
+        timings: dict[str, float],
+        started: float,
+    ) -> PlanResult:
+        """Let the large model answer alone; the policy records nothing without a confidence."""
+        errors = {small_error.backend: small_error.message}
+        if self.large is None:
+            raise PlanUnavailableError(small_error.status_code, errors)
+
+        large_started = time.perf_counter()
+        try:
+            completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
+        except BackendError as error:
+            errors[error.backend] = error.message
+            raise PlanUnavailableError(503, errors) from error
+        timings["large_model"] = _elapsed_ms(large_started)
+
+        extracted = extract_plan(completion.text)
+        if not extracted.valid:
+            errors[self.large.backend] = f"returned no usable plan: {extracted.error}"
+            raise PlanUnavailableError(502, errors)
+        timings["total"] = _elapsed_ms(started)
+        return PlanResult(
+            plan=extracted.plan or "",
+            model="large",
+            backend=self.large.backend,
+            model_name=self.large.model_name,
+            confidence=None,
+            confidence_source=None,
+            decision=None,
+            delegation_status="completed",
+            few_shot=few_shot,
+            small_error=small_error.message,
+            fallback="small_model_failed",
+            timings_ms=timings,
+        )
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,250 @@
+"""The HTTP API through the real Ollama client against a local Ollama-protocol server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.schemas import CONTEXT_MAX_TURNS, UTTERANCE_MAX_CHARS
+from app.core.config import DEFAULT_EXAMPLES_PATH, Settings
+from app.domain.example_bank import load_bank
+from app.main import create_app
+from tests.support.fake_ollama import FakeOllama, ScriptedReply, unused_local_url
+
+MODEL = "plan-model"
+PLAN = '( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )'
+
+
+def make_settings(ollama_url: str, **overrides) -> Settings:
+    values = dict(
+        small_model_backend="ollama",
+        ollama_host=ollama_url,
+        local_model_name=MODEL,
+        ollama_timeout_s=2.0,
+        large_model_backend="none",
+        log_format="text",
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama(models=[MODEL]) as server:
+        yield server
+
+
+@pytest.fixture
+def client(ollama) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(ollama.url))) as test_client:
+        yield test_client
+
+
+def test_plan_from_small_model(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.9)))
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["plan"] == PLAN
+    assert body["model"] == "small"
+    assert body["backend"] == "ollama"
+    assert body["model_name"] == MODEL
+    assert body["confidence"] == pytest.approx(0.9, abs=1e-4)
+    assert body["confidence_source"] == "logprobs"
+    assert body["delegated"] is False
+    assert body["delegation"]["status"] == "not_wanted"
+    assert body["delegation"]["reason"] == "above_threshold"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_prompt_has_few_shot_examples(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    body = client.post(
+        "/api/inference/generate-plan", json={"utterance": "Who is my manager?"}
+    ).json()
+
+    sent = ollama.requests_to("/api/chat")[0].body["messages"]
+    nearest = next(e for e in load_bank(DEFAULT_EXAMPLES_PATH) if e.id == body["few_shot"][0]["id"])
+    assert sent[0]["role"] == "system"
+    assert len(sent) == 2 + 2 * len(body["few_shot"])
+    assert sent[-2] == {"role": "assistant", "content": nearest.plan}
+    assert sent[-1]["content"].endswith("Request: Who is my manager?")
+
+
+def test_context_reaches_prompt(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    context = [{"utterance": "Book lunch tomorrow", "plan": PLAN, "agent_reply": "Done."}]
+
+    client.post(
+        "/api/inference/generate-plan", json={"utterance": "Make it 1pm", "context": context}
+    )
+
+    last = ollama.requests_to("/api/chat")[0].body["messages"][-1]["content"]
+    assert last.startswith("Previous request: Book lunch tomorrow\n")
+    assert "Assistant replied: Done." in last
+
+
+def test_wrapped_output_is_normalized(client, ollama):
+    ollama.enqueue(ScriptedReply(content=f"Sure! Here is the plan:\n```\n{PLAN}\n```"))
+
+    body = client.post("/api/inference/generate-plan", json={"utterance": "my boss?"}).json()
+
+    assert body["plan"] == PLAN
+
+
+def test_no_logprobs_falls_back_to_retrieval(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN, omit_logprobs=True))
+
+    body = client.post(
+        "/api/inference/generate-plan", json={"utterance": "Who is my manager?"}
+    ).json()
+
+    assert body["confidence_source"] == "retrieval"
+    assert body["confidence"] == pytest.approx(body["few_shot"][0]["similarity"])
+
+
+def test_request_id_is_echoed(client, ollama):
+    response = client.post(
+        "/api/inference/generate-plan",
+        json={"utterance": "Who is my manager?"},
+        headers={"X-Request-ID": "trace-42"},
+    )
+
+    assert response.headers["x-request-id"] == "trace-42"
+    assert response.json()["request_id"] == "trace-42"
+
+
+@pytest.mark.parametrize(
+    "payload, field, words",
+    [
+        ({}, "utterance", "Field required"),
+        ({"utterance": ""}, "utterance", "at least 1 character"),
+        ({"utterance": "   "}, "utterance", "non-whitespace"),
+        ({"utterance": 42}, "utterance", "valid string"),
+        ({"utterance": "x" * (UTTERANCE_MAX_CHARS + 1)}, "utterance", f"{UTTERANCE_MAX_CHARS}"),
+        ({"utterance": "hi", "mood": "happy"}, "mood", "Unknown field"),
+        (
+            {"utterance": "hi", "context": [{"utterance": "a"}] * (CONTEXT_MAX_TURNS + 1)},
+            "context",
+            f"{CONTEXT_MAX_TURNS}",
+        ),
+        ({"utterance": "hi", "context": [{"plan": "( A )"}]}, "context[0].utterance", "required"),
+    ],
+    ids=["missing", "empty", "blank", "number", "too-long", "extra", "context-long", "turn"],
+)
+def test_invalid_request_names_field(client, payload, field, words):
+    response = client.post("/api/inference/generate-plan", json=payload)
+
+    body = response.json()
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert body["errors"][0]["field"] == field
+    assert words in body["errors"][0]["message"]
+    assert body["request_id"]
+
+
+def test_non_json_body_is_400(client):
+    response = client.post(
+        "/api/inference/generate-plan",
+        content=b"utterance=hello",
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["detail"]
+
+
+def test_ollama_down_is_503(ollama):
+    with TestClient(create_app(make_settings(unused_local_url()))) as client:
+        response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert "ollama" in response.json()["detail"]
+    assert "Traceback" not in response.text
+
+
+def test_ollama_timeout_is_504(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN, delay_s=5))
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert response.status_code == 504
+    assert "ollama" in response.json()["detail"]
+
+
+def test_ollama_server_error_is_502(client, ollama):
+    ollama.enqueue(ScriptedReply.failure(500, "llama runner process has terminated"))
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert response.status_code == 502
+    assert "llama runner process has terminated" in response.json()["detail"]
+
+
+def test_unusable_small_output_without_large_is_502(client, ollama):
+    ollama.enqueue(ScriptedReply(content="I am sorry, I cannot do that."))
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert response.status_code == 502
+    assert "no usable plan" in response.json()["detail"]
+
+
+def test_low_confidence_without_large_model_returns_small_plan(ollama):
+    settings = make_settings(ollama.url, delegation_max_ratio=1.0, delegation_warmup_threshold=0.5)
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+
+    with TestClient(create_app(settings)) as client:
+        body = client.post("/api/inference/generate-plan", json={"utterance": "boss?"}).json()
+
+    assert body["plan"] == PLAN
+    assert body["delegation"]["wanted"] is True
+    assert body["delegation"]["status"] == "unavailable"
+    assert "LARGE_MODEL_BACKEND" in body["delegation"]["error"]
+    assert body["delegated"] is False
+
+
+def test_health_is_ok(client):
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_ready_reports_backends(client):
+    response = client.get("/ready")
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["ready"] is True
+    assert body["backends"][0]["backend"] == "ollama"
+    assert body["examples"] > 0
+
+
+def test_ready_is_503_when_model_missing(client, ollama):
+    ollama.remove_model(MODEL)
+
+    response = client.get("/ready")
+
+    assert response.status_code == 503
+    assert response.json()["backends"][0]["ready"] is False
+
+
+def test_openapi_documents_limits(client):
+    schema = client.get("/openapi.json").json()
+
+    request = schema["components"]["schemas"]["PlanRequest"]
+    assert request["properties"]["utterance"]["maxLength"] == UTTERANCE_MAX_CHARS
+    assert request["properties"]["context"]["maxItems"] == CONTEXT_MAX_TURNS
+    assert "examples" in schema["components"]["schemas"]["PlanResponse"]["properties"]["plan"]
+
+
+def test_unknown_route_is_problem_json(client):
+    response = client.get("/nope")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
