@@ -12,6 +12,13 @@ from app.api.schemas import CONTEXT_MAX_TURNS, UTTERANCE_MAX_CHARS
 from app.core.config import DEFAULT_EXAMPLES_PATH, Settings
 from app.domain.example_bank import load_bank
 from app.main import create_app
+from tests.support.fake_bedrock import (
+    TEST_ACCESS_KEY_ID,
+    TEST_REGION,
+    TEST_SECRET_ACCESS_KEY,
+    FakeBedrock,
+    Reply,
+)
 from tests.support.fake_ollama import FakeOllama, ScriptedReply, unused_local_url
 
 MODEL = "plan-model"
@@ -248,3 +255,154 @@ def test_unknown_route_is_problem_json(client):
 
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+# --- With the large model: the real boto3 client against a local Converse server ---
+
+LARGE_PLAN = "( Yield :output ( FindReports :recipient ( toRecipient ( CurrentUser ) ) ) )"
+
+
+@pytest.fixture
+def bedrock(monkeypatch) -> Iterator[FakeBedrock]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+    with FakeBedrock(default_reply=Reply(text=LARGE_PLAN)) as server:
+        yield server
+
+
+def with_large(ollama_url: str, bedrock_server: FakeBedrock, **overrides) -> Settings:
+    values = dict(
+        large_model_backend="bedrock",
+        bedrock_endpoint_url=bedrock_server.endpoint_url,
+        bedrock_region=TEST_REGION,
+        bedrock_model_id="anthropic.claude-3-5-sonnet-20240620-v1:0",
+        bedrock_max_attempts=1,
+        bedrock_timeout_s=2.0,
+        # Delegate any confidence at or below 0.5 from the first request on.
+        delegation_max_ratio=1.0,
+        delegation_warmup_threshold=0.5,
+    )
+    values.update(overrides)
+    return make_settings(ollama_url, **values)
+
+
+def ask(settings: Settings, utterance: str = "Who reports to me?"):
+    with TestClient(create_app(settings)) as client:
+        return client.post("/api/inference/generate-plan", json={"utterance": utterance})
+
+
+def test_low_confidence_is_delegated(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+
+    body = ask(with_large(ollama.url, bedrock)).json()
+
+    converse = bedrock.requests[0].json
+    assert body["plan"] == LARGE_PLAN
+    assert body["model"] == "large"
+    assert body["backend"] == "bedrock"
+    assert body["delegated"] is True
+    assert body["delegation"]["reason"] == "low_confidence"
+    assert body["delegation"]["status"] == "completed"
+    assert body["small_plan"] == PLAN
+    assert body["confidence"] == pytest.approx(0.2, abs=1e-4)
+    assert converse["messages"][-1]["content"][0]["text"].endswith("Request: Who reports to me?")
+    assert "SMCalFlow" in converse["system"][0]["text"]
+
+
+def test_confident_answer_skips_large_model(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.95)))
+
+    body = ask(with_large(ollama.url, bedrock)).json()
+
+    assert body["model"] == "small"
+    assert bedrock.requests == []
+
+
+def test_invalid_small_plan_goes_to_large(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content="( Yield :output ( FindReports", default_logprob=-0.01))
+
+    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=0.2)).json()
+
+    assert body["plan"] == LARGE_PLAN
+    assert body["confidence"] == 0.0
+    assert body["confidence_source"] == "invalid_plan"
+    assert body["delegation"]["reason"] == "invalid_plan"
+
+
+def test_throttled_large_returns_small_plan(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+    bedrock.enqueue(Reply.error("ThrottlingException", "Too many requests"))
+
+    response = ask(with_large(ollama.url, bedrock))
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["plan"] == PLAN
+    assert body["model"] == "small"
+    assert body["delegation"]["wanted"] is True
+    assert body["delegation"]["status"] == "unavailable"
+    assert "ThrottlingException" in body["delegation"]["error"]
+
+
+def test_large_error_returns_small_plan(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+    bedrock.enqueue(Reply.error("ModelErrorException", "The model failed"))
+
+    body = ask(with_large(ollama.url, bedrock)).json()
+
+    assert body["plan"] == PLAN
+    assert body["delegation"]["status"] == "failed"
+
+
+def test_large_without_plan_returns_small_plan(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+    bedrock.enqueue(Reply(text="I would rather not answer that."))
+
+    body = ask(with_large(ollama.url, bedrock)).json()
+
+    assert body["plan"] == PLAN
+    assert body["delegation"]["status"] == "failed"
+    assert "no usable plan" in body["delegation"]["error"]
+
+
+def test_no_aws_credentials_returns_small_plan(ollama, bedrock, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+
+    body = ask(with_large(ollama.url, bedrock)).json()
+
+    assert body["plan"] == PLAN
+    assert body["delegation"]["wanted"] is True
+    assert body["delegation"]["status"] == "unavailable"
+    assert "credentials" in body["delegation"]["error"]
+    assert bedrock.requests == []
+
+
+def test_small_down_large_answers(bedrock):
+    body = ask(with_large(unused_local_url(), bedrock)).json()
+
+    assert body["plan"] == LARGE_PLAN
+    assert body["model"] == "large"
+    assert body["fallback"] == "small_model_failed"
+    assert body["confidence"] is None
+    assert body["delegation"]["reason"] is None
+
+
+def test_both_down_is_503(bedrock):
+    bedrock.enqueue(Reply.error("ServiceUnavailableException", "Bedrock is down"))
+
+    response = ask(with_large(unused_local_url(), bedrock))
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    assert "ollama" in response.json()["detail"]
+    assert "bedrock" in response.json()["detail"]
+
+
+def test_ready_lists_large_backend(ollama, bedrock):
+    with TestClient(create_app(with_large(ollama.url, bedrock))) as client:
+        body = client.get("/ready").json()
+
+    assert [backend["role"] for backend in body["backends"]] == ["small", "large"]
+    assert body["backends"][1]["ready"] is True

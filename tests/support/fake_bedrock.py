@@ -32,6 +32,7 @@ import socket
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,11 +137,14 @@ class FakeBedrock:
         access_key_id: str = TEST_ACCESS_KEY_ID,
         secret_access_key: str = TEST_SECRET_ACCESS_KEY,
         default_reply: Reply | None = None,
+        responder: Callable[[dict[str, Any]], Reply] | None = None,
         max_clock_skew_s: float = 300.0,
     ) -> None:
         self.region = region
         self.access_key_id = access_key_id
         self.default_reply = default_reply or Reply()
+        # Builds the reply from the Converse request body when the queue is empty.
+        self.responder = responder
         self._secret_access_key = secret_access_key
         self._max_clock_skew_s = max_clock_skew_s
         self._state = _State()
@@ -222,9 +226,11 @@ class FakeBedrock:
     ) -> None:
         self.stop()
 
-    def _next_reply(self) -> Reply:
+    def _next_reply(self, request: dict[str, Any]) -> Reply:
         with self._state.lock:
-            return self._state.replies.popleft() if self._state.replies else self.default_reply
+            if self._state.replies:
+                return self._state.replies.popleft()
+        return self.responder(request) if self.responder else self.default_reply
 
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
@@ -452,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(400, "ValidationException", invalid)
             return
 
-        reply = fake._next_reply()
+        reply = fake._next_reply(request)
         if not fake._wait_or_stop(reply.delay_s):
             self.close_connection = True
             return
