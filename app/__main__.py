@@ -19,6 +19,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # RequestIdMiddleware logs each request with its id and latency
         timeout_graceful_shutdown=30,
     )
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestIdMiddleware
 from app.api.routes import health, plans
+from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
@@ -36,6 +37,31 @@ def build_policy(settings: Settings) -> DelegationPolicy:
     )
 
 
+async def _log_backend_status(small: ModelBackend, large: ModelBackend | None) -> None:
+    """Probe each backend once at start-up, so a missing one shows in the first log lines."""
+    status = await small.probe()
+    if status.ready:
+        logger.info("small model ready backend=%s detail=%s", status.backend, status.detail)
+    else:
+        logger.error(
+            "small model NOT ready backend=%s detail=%s: plan requests fail and /ready "
+            "answers 503 until it is",
+            status.backend, status.detail,
+        )
+    if large is None:
+        logger.warning("no large model configured (LARGE_MODEL_BACKEND=none): nothing is delegated")
+        return
+    status = await large.probe()
+    if status.ready:
+        logger.info("large model ready backend=%s detail=%s", status.backend, status.detail)
+    else:
+        logger.warning(
+            "large model NOT ready backend=%s detail=%s: delegated requests get the small "
+            "model's plan",
+            status.backend, status.detail,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Create the application; backends start in its lifespan, not here."""
     settings = settings or get_settings()
@@ -50,10 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         small = await build_small_backend(settings)
         large = build_large_backend(settings)
         logger.info(
-            "backends ready small_backend=%s small_model=%s large_backend=%s large_model=%s",
+            "backends configured small_backend=%s small_model=%s large_backend=%s large_model=%s",
             small.backend, small.model_name,
             large.backend if large else "none", large.model_name if large else "-",
         )
+        await _log_backend_status(small, large)
         app.state.settings = settings
         app.state.planner = Planner(
             index=index,

@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
 async def health() -> HealthResponse:
-    """Answer 200 while the process runs; checks nothing else."""
+    """Return 200 while the process runs, checking nothing else."""
     return HealthResponse()
 
 
@@ -26,7 +26,7 @@ async def health() -> HealthResponse:
     summary="Readiness",
 )
 async def ready(request: Request) -> JSONResponse:
-    """Report each backend; 503 when the small model cannot answer.
+    """Report the state of each backend, with status 503 when the small model cannot answer.
 
     The large model being down is not fatal: the small model's plans are
     returned and the responses say that delegation was unavailable.

@@ -35,7 +35,7 @@ _ERRORS = {
     summary="Turn an utterance into a plan",
 )
 async def generate_plan(body: PlanRequest, planner: PlannerDep) -> PlanResponse:
-    """Answer with the small model's plan, or the large model's when the small one is unsure."""
+    """Return the small model's plan, or the large model's when the small one is unsure."""
     context = [Turn(turn.utterance, turn.plan, turn.agent_reply) for turn in body.context]
     result = await planner.generate(body.utterance, context)
     response = _to_response(result)
