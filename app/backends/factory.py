@@ -27,6 +27,7 @@ async def build_small_backend(settings: Settings) -> ModelBackend:
         )
 
     # Imported here so that a deployment with Ollama needs no llama.cpp build.
+    from app.backends.grammar import LISPRESS_GBNF
     from app.backends.llama_cpp import LlamaCppBackend, default_model_path
 
     model_path = settings.embedded_model_path or default_model_path()
@@ -37,6 +38,7 @@ async def build_small_backend(settings: Settings) -> ModelBackend:
         n_ctx=settings.embedded_context_tokens,
         n_threads=settings.embedded_threads,
         timeout_s=settings.embedded_timeout_s,
+        grammar=LISPRESS_GBNF if settings.embedded_grammar else None,
     )
 
 

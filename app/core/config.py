@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     embedded_threads: int | None = Field(None, ge=1)  # default: all cores
     embedded_context_tokens: int = Field(4096, ge=512)
     embedded_timeout_s: float = Field(60.0, gt=0)
+    embedded_grammar: bool = True  # constrain output to one well-formed S-expression
     small_model_max_tokens: int = Field(384, ge=16, le=4096)
 
     # Large model
