@@ -59,6 +59,11 @@ def configure_logging(level: str, log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Uvicorn's own loggers would otherwise print a second, unformatted copy.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # RequestIdMiddleware logs every request with its id and latency, so uvicorn's access
+    # log would only repeat it. Uvicorn skips it when this logger has no handlers at all.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
