@@ -46,7 +46,8 @@ async def _log_backend_status(small: ModelBackend, large: ModelBackend | None) -
         logger.error(
             "small model NOT ready backend=%s detail=%s: plan requests fail and /ready "
             "answers 503 until it is",
-            status.backend, status.detail,
+            status.backend,
+            status.detail,
         )
     if large is None:
         logger.warning("no large model configured (LARGE_MODEL_BACKEND=none): nothing is delegated")
@@ -58,7 +59,8 @@ async def _log_backend_status(small: ModelBackend, large: ModelBackend | None) -
         logger.warning(
             "large model NOT ready backend=%s detail=%s: delegated requests get the small "
             "model's plan",
-            status.backend, status.detail,
+            status.backend,
+            status.detail,
         )
 
 
@@ -77,8 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         large = build_large_backend(settings)
         logger.info(
             "backends configured small_backend=%s small_model=%s large_backend=%s large_model=%s",
-            small.backend, small.model_name,
-            large.backend if large else "none", large.model_name if large else "-",
+            small.backend,
+            small.model_name,
+            large.backend if large else "none",
+            large.model_name if large else "-",
         )
         await _log_backend_status(small, large)
         app.state.settings = settings
@@ -114,4 +118,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plans.router)
     app.include_router(health.router)
     return app
-

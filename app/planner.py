@@ -101,7 +101,9 @@ class Planner:
             timings["small_model"] = _elapsed_ms(small_started)
             logger.warning(
                 "small model failed backend=%s error_type=%s error=%s",
-                self.small.backend, type(error).__name__, error.message,
+                self.small.backend,
+                type(error).__name__,
+                error.message,
             )
             return await self._answer_without_small(messages, few_shot, error, timings, started)
         timings["small_model"] = _elapsed_ms(small_started)
@@ -164,7 +166,9 @@ class Planner:
             result.delegation_error = error.message
             logger.warning(
                 "large model failed backend=%s error_type=%s error=%s",
-                self.large.backend, type(error).__name__, error.message,
+                self.large.backend,
+                type(error).__name__,
+                error.message,
             )
             return
         result.timings_ms["large_model"] = _elapsed_ms(started)

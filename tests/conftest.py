@@ -11,8 +11,8 @@ SMCALFLOW_DIR = REPO_ROOT.parent / "shared" / "data" / "smcalflow"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_aws_environment(monkeypatch, tmp_path):
-    """Keep boto3 away from the developer's AWS files and from instance metadata."""
+def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Keep boto3 away from the machine's AWS files, proxies and instance metadata."""
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-absent"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials-absent"))
@@ -21,9 +21,21 @@ def _isolated_aws_environment(monkeypatch, tmp_path):
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+        "AWS_MAX_ATTEMPTS",
+        "AWS_RETRY_MODE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
 

@@ -18,7 +18,7 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Give each request an id (the client's X-Request-ID when valid), return it, log the request."""
+    """Give each request an id (the client's valid X-Request-ID, or a new one) and log it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,7 +29,9 @@ class RequestIdMiddleware:
             return
 
         supplied = _header(scope, b"x-request-id")
-        request_id = supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id = (
+            supplied if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        )
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -48,7 +50,10 @@ class RequestIdMiddleware:
         finally:
             logger.info(
                 "request method=%s path=%s status=%s latency_ms=%.1f",
-                scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
                 extra={"status": status, "path": scope["path"]},
             )
             request_id_var.reset(token)

@@ -13,7 +13,7 @@ CONTEXT_TEXT_MAX_CHARS = 4000  # for each plan or reply of a context turn
 _EXAMPLE_PLAN = (
     "( Yield :output ( CreateCommitEventWrapper :event ( CreatePreflightEventWrapper "
     ":constraint ( Constraint[Event] :start ( ?= ( DateAtTimeWithDefaults :date ( Tomorrow ) "
-    ":time ( NumberPM :number # ( Number 12 ) ) ) ) :subject ( ?= # ( String \" lunch \" ) ) ) ) ) )"
+    ':time ( NumberPM :number # ( Number 12 ) ) ) ) :subject ( ?= # ( String " lunch " ) ) ) ) ) )'
 )
 
 
@@ -154,9 +154,7 @@ class PlanResponse(BaseModel):
         description="The backend that served that model: ollama, llama-cpp or bedrock.",
         examples=["ollama"],
     )
-    model_name: str = Field(
-        description="The model's name at its backend.", examples=["llama3.1"]
-    )
+    model_name: str = Field(description="The model's name at its backend.", examples=["llama3.1"])
     confidence: float | None = Field(
         ge=0,
         le=1,

@@ -48,7 +48,7 @@ class Str:
 
 
 # An S-expression is a symbol (str), a string literal (Str) or a list of S-expressions.
-Sexp = Union[str, Str, tuple["Sexp", ...]]
+Sexp = Union[str, Str, tuple["Sexp", ...]]  # noqa: UP007 (a recursive alias needs Union)
 
 # Characters that end a symbol. `#` and `^` are prefixes only directly before a bracket
 # (`#(String "x")`, `^(Event)`); elsewhere they belong to the symbol (`^Unit`, `#foo`).
@@ -78,10 +78,7 @@ def _iter_tokens(text: str) -> Iterator[tuple[str | Str, int]]:
         char = text[position]
         if char.isspace():
             position += 1
-        elif char in "()":
-            position += 1
-            yield char, position
-        elif char in _PREFIXES and position + 1 < length and text[position + 1] == "(":
+        elif char in "()" or (char in _PREFIXES and text.startswith("(", position + 1)):
             position += 1
             yield char, position
         elif char == '"':

@@ -67,7 +67,9 @@ def free_port() -> int:
 def gold_plans() -> dict[str, str]:
     turns = first_dev_turns(DEV_TURNS)
     return {
-        turn["user_utterance"]["original_text"]: lispress.normalize(turn["tags"]["original_lispress"])
+        turn["user_utterance"]["original_text"]: lispress.normalize(
+            turn["tags"]["original_lispress"]
+        )
         for turn in turns
     }
 
@@ -162,8 +164,10 @@ def test_dev_utterances_get_plans(service, gold_plans):
 
     for utterance, gold, body in results:
         print(f"\nutterance: {utterance}\n  gold: {gold}\n  plan: {body['plan']}")
-        print(f"  model={body['model']} confidence={body['confidence']} "
-              f"delegation={body['delegation']['reason']} ({body['delegation']['status']})")
+        print(
+            f"  model={body['model']} confidence={body['confidence']} "
+            f"delegation={body['delegation']['reason']} ({body['delegation']['status']})"
+        )
         assert lispress.parse(body["plan"]) is not None
         assert body["backend"] in {"llama-cpp", "bedrock"}
         assert 0.0 <= body["confidence"] <= 1.0
@@ -201,9 +205,13 @@ def test_logs_are_json_events(service):
 
     events = [json.loads(line) for line in service["log"].read_text().splitlines() if line]
     messages = [event["message"] for event in events]
-    assert any(message.startswith("backends configured small_backend=llama-cpp") for message in messages)
-    assert any(message.startswith("plan generated") and "request_id" in event
-               for message, event in zip(messages, events, strict=True))
+    assert any(
+        message.startswith("backends configured small_backend=llama-cpp") for message in messages
+    )
+    assert any(
+        message.startswith("plan generated") and "request_id" in event
+        for message, event in zip(messages, events, strict=True)
+    )
 
 
 def test_sigterm_stops_cleanly(service):

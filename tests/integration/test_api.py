@@ -22,7 +22,7 @@ from tests.support.fake_bedrock import (
 from tests.support.fake_ollama import FakeOllama, ScriptedReply, unused_local_url
 
 MODEL = "plan-model"
-PLAN = '( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )'
+PLAN = "( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )"
 
 
 def make_settings(ollama_url: str, **overrides) -> Settings:
@@ -169,7 +169,9 @@ def test_non_json_body_is_400(client):
 
 def test_ollama_down_is_503(ollama):
     with TestClient(create_app(make_settings(unused_local_url()))) as client:
-        response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+        response = client.post(
+            "/api/inference/generate-plan", json={"utterance": "Who is my boss?"}
+        )
 
     assert response.status_code == 503
     assert response.headers["retry-after"]

@@ -49,11 +49,6 @@ PLAN_REQUEST = (
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LlamaCppBackend]:
     model = LlamaCppBackend(default_model_path(), n_ctx=CONTEXT_TOKENS, timeout_s=60.0)

@@ -34,11 +34,6 @@ QUOTED_PLAN = (
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def server() -> Iterator[FakeOllama]:
     with FakeOllama(models=[MODEL]) as fake:
         yield fake

@@ -100,7 +100,9 @@ def test_no_burst_after_window_slides():
 
     next_hundred = [policy.decide(0.0).delegate for _ in range(100)]
 
-    longest_run = max(len(run) for run in "".join("D" if d else "." for d in next_hundred).split("."))
+    longest_run = max(
+        len(run) for run in "".join("D" if d else "." for d in next_hundred).split(".")
+    )
     assert sum(next_hundred) == 20
     assert longest_run <= 1
 
@@ -150,7 +152,8 @@ def test_window_is_bounded():
 
 def test_seed_confidences_warm_the_window():
     policy = DelegationPolicy(
-        DelegationConfig(window_size=100, min_samples=10), seed_confidences=[i / 100 for i in range(100)]
+        DelegationConfig(window_size=100, min_samples=10),
+        seed_confidences=[i / 100 for i in range(100)],
     )
 
     decision = policy.decide(0.5)

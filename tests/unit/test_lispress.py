@@ -28,7 +28,7 @@ def test_normalize_renders_tokenized_form():
 
 
 def test_normalize_is_idempotent():
-    once = lispress.normalize('(Yield :output (Foo :x #(Number 10) :y ^(Event) ^Unit))')
+    once = lispress.normalize("(Yield :output (Foo :x #(Number 10) :y ^(Event) ^Unit))")
 
     assert lispress.normalize(once) == once
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -19,7 +20,7 @@ def test_bare_plan_is_not_wrapped():
     [
         f"```lisp\n{PLAN}\n```",
         f"Here is the plan (in Lispress):\n{PLAN}\nLet me know if it helps.",
-        '{"plan": "( Yield :output ( Foo :subject # ( String \\" Café \\\\\\"Zoë\\\\\\" (team) \\" ) ) )"}',
+        json.dumps({"plan": PLAN}),
     ],
     ids=["code-fence", "prose", "escaped-json"],
 )

@@ -7,7 +7,13 @@ import logging
 from fastapi import APIRouter
 
 from app.api.deps import PlannerDep
-from app.api.schemas import DelegationInfo, FewShotExample, PlanRequest, PlanResponse, ProblemDetails
+from app.api.schemas import (
+    DelegationInfo,
+    FewShotExample,
+    PlanRequest,
+    PlanResponse,
+    ProblemDetails,
+)
 from app.core.logging import request_id_var
 from app.domain.dialogue import Turn
 from app.planner import PlanResult
@@ -42,9 +48,15 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep) -> PlanResponse:
     logger.info(
         "plan generated model=%s backend=%s confidence=%s delegated=%s "
         "delegation_status=%s reason=%s threshold=%s ratio=%s total_ms=%s",
-        response.model, response.backend, response.confidence, response.delegated,
-        response.delegation.status, response.delegation.reason, response.delegation.threshold,
-        response.delegation.ratio, result.timings_ms.get("total"),
+        response.model,
+        response.backend,
+        response.confidence,
+        response.delegated,
+        response.delegation.status,
+        response.delegation.reason,
+        response.delegation.threshold,
+        response.delegation.ratio,
+        result.timings_ms.get("total"),
     )
     return response
 
