@@ -34,6 +34,7 @@ from tests.support.fake_bedrock import (
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(900),
     pytest.mark.skipif(
         not (SMCALFLOW_DIR / "bank.dataflow_dialogues.jsonl").is_file(),
         reason=f"SMCalFlow data not found in {SMCALFLOW_DIR}",
@@ -111,6 +112,8 @@ def service(bank_path, bedrock, tmp_path_factory) -> Iterator[dict]:
         "AWS_SECRET_ACCESS_KEY": TEST_SECRET_ACCESS_KEY,
         "AWS_EC2_METADATA_DISABLED": "true",
         "LOG_FORMAT": "json",
+        # Generous: on a 2-core machine shared with other work, one plan can take a minute.
+        "EMBEDDED_TIMEOUT_S": "240",
         "PYTHONUNBUFFERED": "1",
     }
     with log_path.open("w") as log:
@@ -157,7 +160,7 @@ def test_dev_utterances_get_plans(service, gold_plans):
         response = httpx.post(
             f"{service['url']}/api/inference/generate-plan",
             json={"utterance": utterance},
-            timeout=120,
+            timeout=300,
         )
         assert response.status_code == 200, response.text
         results.append((utterance, gold, response.json()))
@@ -168,6 +171,7 @@ def test_dev_utterances_get_plans(service, gold_plans):
             f"  model={body['model']} confidence={body['confidence']} "
             f"delegation={body['delegation']['reason']} ({body['delegation']['status']})"
         )
+        assert body["fallback"] is None, f"the small model failed: {body}"
         assert lispress.parse(body["plan"]) is not None
         assert body["backend"] in {"llama-cpp", "bedrock"}
         assert 0.0 <= body["confidence"] <= 1.0
@@ -179,7 +183,7 @@ def test_dev_utterances_get_plans(service, gold_plans):
 
 def test_event_loop_free_during_generation(service, gold_plans):
     utterance = next(iter(gold_plans))
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=300) as client:
         slow = threading.Thread(
             target=client.post,
             args=(f"{service['url']}/api/inference/generate-plan",),
@@ -200,7 +204,7 @@ def test_logs_are_json_events(service):
     httpx.post(
         f"{service['url']}/api/inference/generate-plan",
         json={"utterance": "What's the weather like tomorrow?"},
-        timeout=120,
+        timeout=300,
     )
 
     events = [json.loads(line) for line in service["log"].read_text().splitlines() if line]
