@@ -25,6 +25,9 @@ pytestmark = pytest.mark.anyio
 
 # Small enough that the logits_all=True reference keeps only 1024 x 49152 floats (200 MB).
 CONTEXT_TOKENS = 1024
+# Far above the few seconds a call takes, because llama.cpp slows down many times over
+# when other processes compete for the 2 cores of a development or CI machine.
+GENERATION_TIMEOUT_S = 300.0
 GREETING = (
     ChatMessage(role="system", content="Answer in one short sentence."),
     ChatMessage(role="user", content="What is the capital of France?"),
@@ -51,7 +54,9 @@ PLAN_REQUEST = (
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LlamaCppBackend]:
-    model = LlamaCppBackend(default_model_path(), n_ctx=CONTEXT_TOKENS, timeout_s=60.0)
+    model = LlamaCppBackend(
+        default_model_path(), n_ctx=CONTEXT_TOKENS, timeout_s=GENERATION_TIMEOUT_S
+    )
     yield model
     asyncio.run(model.aclose())
 
@@ -59,7 +64,10 @@ def backend() -> Iterator[LlamaCppBackend]:
 @pytest.fixture(scope="module")
 def grammar_backend() -> Iterator[LlamaCppBackend]:
     model = LlamaCppBackend(
-        default_model_path(), n_ctx=CONTEXT_TOKENS, timeout_s=60.0, grammar=LISPRESS_GBNF
+        default_model_path(),
+        n_ctx=CONTEXT_TOKENS,
+        timeout_s=GENERATION_TIMEOUT_S,
+        grammar=LISPRESS_GBNF,
     )
     yield model
     asyncio.run(model.aclose())
@@ -209,7 +217,7 @@ async def test_timeout_raises_and_recovers() -> None:
             await model.complete(COUNTING, max_tokens=1500)
         timed_out_after = time.perf_counter() - started
 
-        model.timeout_s = 30.0
+        model.timeout_s = GENERATION_TIMEOUT_S
         started = time.perf_counter()
         completion = await model.complete(GREETING, max_tokens=32)
         next_call_s = time.perf_counter() - started
@@ -230,7 +238,7 @@ async def test_prompt_too_long_raises(backend: LlamaCppBackend) -> None:
 
 
 async def test_aclose_makes_unavailable() -> None:
-    model = LlamaCppBackend(default_model_path(), n_ctx=512, timeout_s=30.0)
+    model = LlamaCppBackend(default_model_path(), n_ctx=512, timeout_s=GENERATION_TIMEOUT_S)
     assert (await model.probe()).ready
 
     await model.aclose()
