@@ -54,6 +54,8 @@ class PlanResult:
     delegation_error: str | None = None
     fallback: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Every confidence signal computed for the small plan, by name, for evaluation.
+    signals: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class _SmallAnswer:
     extracted: ExtractedPlan
     confidence: float
     source: ConfidenceSource
+    signals: dict[str, float | None]
 
 
 class Planner:
@@ -123,6 +126,7 @@ class Planner:
             small_plan=answer.extracted.plan,
             small_error=answer.extracted.error,
             timings_ms=timings,
+            signals=answer.signals,
         )
         if decision.delegate:
             await self._delegate(result, messages)
@@ -141,15 +145,17 @@ class Planner:
         self, text: str, token_logprobs: Sequence[float] | None, few_shot: list[ScoredExample]
     ) -> _SmallAnswer:
         extracted = extract_plan(text)
+        signals = {
+            "logprobs": logprob_confidence(token_logprobs),
+            "retrieval": few_shot[0].similarity if few_shot else 0.0,
+        }
         if not extracted.valid:
-            return _SmallAnswer(extracted, 0.0, "invalid_plan")
-        confidence = logprob_confidence(token_logprobs)
-        if confidence is not None:
-            return _SmallAnswer(extracted, confidence, "logprobs")
+            return _SmallAnswer(extracted, 0.0, "invalid_plan", signals)
+        if signals["logprobs"] is not None:
+            return _SmallAnswer(extracted, signals["logprobs"], "logprobs", signals)
         # No log-probabilities from this backend: fall back to how close the nearest
         # example is, a weaker signal but one that needs nothing from the model.
-        nearest = few_shot[0].similarity if few_shot else 0.0
-        return _SmallAnswer(extracted, nearest, "retrieval")
+        return _SmallAnswer(extracted, signals["retrieval"], "retrieval", signals)
 
     async def _delegate(self, result: PlanResult, messages: list) -> None:
         """Ask the large model; on failure keep the small plan and say why."""
