@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.backends.base import ModelBackend
-from app.backends.errors import BackendError
+from app.backends.base import Completion, ModelBackend
+from app.backends.errors import BackendError, PromptTooLongError
 from app.domain.delegation import DelegationDecision, DelegationPolicy
 from app.domain.dialogue import Turn
 from app.domain.plan_output import ExtractedPlan, extract_plan, logprob_confidence
@@ -95,11 +95,12 @@ class Planner:
 
         few_shot = self.index.search(utterance, self.few_shot_k)
         timings["retrieval"] = _elapsed_ms(started)
+        # The large model gets every example; its context window is far larger.
         messages = build_messages(utterance, context, [scored.example for scored in few_shot])
 
         small_started = time.perf_counter()
         try:
-            completion = await self.small.complete(messages, max_tokens=self.small_max_tokens)
+            completion, few_shot = await self._complete_small(utterance, context, few_shot)
         except BackendError as error:
             timings["small_model"] = _elapsed_ms(small_started)
             logger.warning(
@@ -111,7 +112,7 @@ class Planner:
             return await self._answer_without_small(messages, few_shot, error, timings, started)
         timings["small_model"] = _elapsed_ms(small_started)
 
-        answer = self._score(completion.text, completion.token_logprobs, few_shot)
+        answer = self._score(completion, few_shot)
         decision = self.policy.decide(answer.confidence, plan_valid=answer.extracted.valid)
         result = PlanResult(
             plan=answer.extracted.plan or "",
@@ -135,18 +136,58 @@ class Planner:
                 502,
                 {
                     self.small.backend: f"returned no usable plan: {answer.extracted.error}",
-                    "large": result.delegation_error or "not configured",
+                    self.large.backend if self.large else "large model": (
+                        result.delegation_error or "not configured"
+                    ),
                 },
             )
         timings["total"] = _elapsed_ms(started)
         return result
 
-    def _score(
-        self, text: str, token_logprobs: Sequence[float] | None, few_shot: list[ScoredExample]
-    ) -> _SmallAnswer:
-        extracted = extract_plan(text)
+    async def _complete_small(
+        self, utterance: str, context: Sequence[Turn], few_shot: list[ScoredExample]
+    ) -> tuple[Completion, list[ScoredExample]]:
+        """Ask the small model, shortening the prompt while it does not fit its context window.
+
+        The least similar examples go first, then the context turns' plans and
+        replies, then the older context turns. Returns the completion and the
+        examples actually sent.
+        """
+        for example_count, prompt_context in _shorter_prompts(len(few_shot), context):
+            examples = [scored.example for scored in few_shot[:example_count]]
+            messages = build_messages(utterance, prompt_context, examples)
+            try:
+                completion = await self.small.complete(messages, max_tokens=self.small_max_tokens)
+            except PromptTooLongError as error:
+                logger.info(
+                    "prompt too long, shortening backend=%s prompt_tokens=%d limit=%d "
+                    "examples=%d context_turns=%d",
+                    error.backend,
+                    error.prompt_tokens,
+                    error.limit,
+                    example_count,
+                    len(prompt_context),
+                )
+                continue
+            return completion, few_shot[:example_count]
+        raise PromptTooLongError(
+            self.small.backend,
+            "the request alone does not fit the small model's context window",
+            prompt_tokens=0,
+            limit=0,
+        )
+
+    def _score(self, completion: Completion, few_shot: list[ScoredExample]) -> _SmallAnswer:
+        extracted = extract_plan(completion.text)
+        if not extracted.valid and completion.stop_reason == "length":
+            extracted = ExtractedPlan(
+                None,
+                f"generation stopped at the {self.small_max_tokens}-token limit before the "
+                f"plan was complete ({extracted.error})",
+                extracted.wrapped,
+            )
         signals = {
-            "logprobs": logprob_confidence(token_logprobs),
+            "logprobs": logprob_confidence(completion.token_logprobs),
             "retrieval": few_shot[0].similarity if few_shot else 0.0,
         }
         if not extracted.valid:
@@ -209,7 +250,9 @@ class Planner:
             completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
         except BackendError as error:
             errors[error.backend] = error.message
-            raise PlanUnavailableError(503, errors) from error
+            # The small model's failure decides the status: a timeout stays a 504, and only
+            # an unreachable or throttled small model makes it a 503 that invites a retry.
+            raise PlanUnavailableError(small_error.status_code, errors) from error
         timings["large_model"] = _elapsed_ms(large_started)
 
         extracted = extract_plan(completion.text)
@@ -231,6 +274,19 @@ class Planner:
             fallback="small_model_failed",
             timings_ms=timings,
         )
+
+
+def _shorter_prompts(
+    example_count: int, context: Sequence[Turn]
+) -> Iterator[tuple[int, Sequence[Turn]]]:
+    """Yield (examples, context) for ever shorter prompts, the full prompt first."""
+    while example_count > 0:
+        yield example_count, context
+        example_count //= 2
+    yield 0, context
+    if context:
+        yield 0, [Turn(turn.utterance) for turn in context[-2:]]
+        yield 0, []
 
 
 def _elapsed_ms(started: float) -> float:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.schemas import ProblemDetails
+from app.api.schemas import ContextTurn, PlanRequest, ProblemDetails
 from app.core.logging import request_id_var
 from app.planner import PlanUnavailableError
 
@@ -39,6 +39,15 @@ def problem_response(
     )
 
 
+def _malformed_json() -> JSONResponse:
+    return problem_response(
+        400,
+        "Malformed JSON",
+        "The request body is not valid JSON: send a JSON object such as "
+        '{"utterance": "What is on my calendar today?"} with Content-Type: application/json.',
+    )
+
+
 def _field_path(location: tuple) -> str:
     # ("body", "context", 0, "utterance") -> "context[0].utterance"
     path = ""
@@ -51,24 +60,34 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = []
     for error in exc.errors():
         if error.get("type") == "json_invalid":
-            return problem_response(
-                400,
-                "Malformed JSON",
-                "The request body is not valid JSON: send a JSON object such as "
-                '{"utterance": "What is on my calendar today?"} with '
-                "Content-Type: application/json.",
-            )
-        message = error.get("msg", "is invalid")
-        if error.get("type") == "missing":
-            message = "Field required"
-        elif error.get("type") == "extra_forbidden":
-            message = "Unknown field: remove it (allowed: utterance, context)"
-        errors.append({"field": _field_path(tuple(error.get("loc", ()))), "message": message})
+            return _malformed_json()
+        location = tuple(error.get("loc", ()))
+        errors.append({"field": _field_path(location), "message": _message(error, location)})
     detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     return problem_response(422, "Invalid request", detail, errors=errors)
 
 
+def _message(error: dict, location: tuple) -> str:
+    kind = error.get("type")
+    if kind == "missing":
+        return "Field required"
+    if kind == "extra_forbidden":
+        model = ContextTurn if "context" in location else PlanRequest
+        return f"Unknown field: remove it (allowed: {', '.join(model.model_fields)})"
+    if location == ("body",) and kind in ("model_attributes_type", "dict_type"):
+        return (
+            "The body must be a JSON object, sent with Content-Type: application/json, "
+            'such as {"utterance": "What is on my calendar today?"}'
+        )
+    # Pydantic prefixes the text of a custom validator's ValueError with "Value error, ".
+    return str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:
+        # FastAPI raises this for a body it cannot decode at all (invalid UTF-8, nesting
+        # too deep for the JSON parser).
+        return _malformed_json()
     title = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed"}.get(
         exc.status_code, "Request failed"
     )

@@ -37,3 +37,12 @@ class BackendResponseError(BackendError):
     """The backend answered with a server error or a response that cannot be used."""
 
     status_code = 502
+
+
+class PromptTooLongError(BackendResponseError):
+    """The prompt and the requested output do not fit in the model's context window."""
+
+    def __init__(self, backend: str, message: str, *, prompt_tokens: int, limit: int) -> None:
+        super().__init__(backend, message)
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit

@@ -27,6 +27,7 @@ from app.backends.errors import (
     BackendResponseError,
     BackendTimeout,
     BackendUnavailable,
+    PromptTooLongError,
 )
 from app.backends.grammar import GrammarMatcher
 
@@ -329,11 +330,13 @@ class LlamaCppBackend:
     def _check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
         if prompt_tokens + max_tokens <= self.n_ctx:
             return
-        raise BackendResponseError(
+        raise PromptTooLongError(
             self.backend,
             f"the prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} exceeds the "
             f"context window of {self.n_ctx} tokens of model {self.model_name}: send fewer "
             "few-shot examples or raise EMBEDDED_CONTEXT_TOKENS",
+            prompt_tokens=prompt_tokens,
+            limit=self.n_ctx - max_tokens,
         )
 
     def _generate(

@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     missing = [source for source in args.sources if not source.is_file()]
     for source in missing:
-        print(f"plan-import: error: source file not found: {source}", file=sys.stderr)
+        problem = "is a directory, not a file" if source.is_dir() else "not found"
+        print(f"plan-import: error: source file {source} {problem}", file=sys.stderr)
     if missing:
         return 1
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_bank(args.out, result.examples)
     except OSError as error:
         print(f"plan-import: error: cannot write {args.out}: {error.strerror}", file=sys.stderr)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app.api.schemas import CONTEXT_MAX_TURNS, UTTERANCE_MAX_CHARS
@@ -408,3 +413,108 @@ def test_ready_lists_large_backend(ollama, bedrock):
 
     assert [backend["role"] for backend in body["backends"]] == ["small", "large"]
     assert body["backends"][1]["ready"] is True
+
+
+def test_small_timeout_and_large_down_is_504(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=PLAN, delay_s=5))
+    bedrock.enqueue(Reply.error("ServiceUnavailableException", "Bedrock is down"))
+
+    response = ask(with_large(ollama.url, bedrock))
+
+    assert response.status_code == 504
+    assert "retry-after" not in response.headers
+
+
+def test_cut_off_plan_names_token_limit(client, ollama):
+    ollama.enqueue(
+        ScriptedReply(content="( Yield :output ( FindManager ( ( (", done_reason="length")
+    )
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert response.status_code == 502
+    assert "384-token limit" in response.json()["detail"]
+
+
+def test_unknown_context_field_lists_turn_fields(client):
+    response = client.post(
+        "/api/inference/generate-plan",
+        json={"utterance": "hi", "context": [{"utterance": "x", "reply": "y"}]},
+    )
+
+    error = response.json()["errors"][0]
+    assert error["field"] == "context[0].reply"
+    assert "utterance, plan, agent_reply" in error["message"]
+
+
+def test_wrong_content_type_names_fix(client):
+    response = client.post(
+        "/api/inference/generate-plan",
+        content=b'{"utterance": "hi"}',
+        headers={"Content-Type": "text/plain"},
+    )
+
+    assert response.status_code == 422
+    assert "Content-Type: application/json" in response.json()["detail"]
+
+
+def test_invalid_utf8_is_malformed_json(client):
+    response = client.post(
+        "/api/inference/generate-plan",
+        content=b'{"utterance": "\xff\xfe hi"}',
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["title"] == "Malformed JSON"
+
+
+def test_blank_utterance_message_has_no_prefix(client):
+    response = client.post("/api/inference/generate-plan", json={"utterance": "  "})
+
+    assert response.json()["errors"][0]["message"].startswith("must contain")
+
+
+def test_head_health(client):
+    assert client.head("/health").status_code == 200
+
+
+def test_openapi_errors_are_problem_json(client):
+    schema = client.get("/openapi.json").json()
+
+    responses = schema["paths"]["/api/inference/generate-plan"]["post"]["responses"]
+    for status in ("400", "422", "502", "503", "504"):
+        assert "application/problem+json" in responses[status]["content"]
+
+
+def test_client_disconnect_cancels_generation(ollama, capfd):
+    ollama.enqueue(ScriptedReply(content=PLAN, delay_s=3))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(make_settings(ollama.url, ollama_timeout_s=10)), port=port)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"http://127.0.0.1:{port}/api/inference/generate-plan",
+                json={"utterance": "Who is my boss?"},
+                timeout=0.5,
+            )
+        logged = ""
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline and "generation cancelled" not in logged:
+            time.sleep(0.05)
+            logged += capfd.readouterr().err
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    # The scripted reply would arrive after 3 s: the cancellation came first.
+    assert "client disconnected, plan generation cancelled" in logged
+    assert "status=499" in logged

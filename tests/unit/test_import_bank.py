@@ -251,7 +251,7 @@ def test_import_missing_source_exit_1(tmp_path, capsys):
     status, out = run_import(tmp_path, str(present), str(absent))
 
     assert status == 1
-    assert f"source file not found: {absent}" in capsys.readouterr().err
+    assert f"source file {absent} not found" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -268,14 +268,33 @@ def test_import_nothing_imported_exit_1(tmp_path, capsys):
     assert out.read_text(encoding="utf-8") == "previous bank\n"
 
 
+def test_import_creates_out_folder(tmp_path):
+    source = write_source(tmp_path / "a.jsonl", [GREETING])
+    out = tmp_path / "new-folder" / "bank.jsonl"
+
+    status = main(["--out", str(out), str(source)])
+
+    assert status == 0
+    assert len(load_bank(out)) == 1
+
+
 def test_import_unwritable_out_exit_1(tmp_path, capsys):
     source = write_source(tmp_path / "a.jsonl", [GREETING])
-    out = tmp_path / "missing-folder" / "bank.jsonl"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "bank.jsonl"
 
     status = main(["--out", str(out), str(source)])
 
     assert status == 1
     assert f"cannot write {out}" in capsys.readouterr().err
+
+
+def test_import_directory_source_exit_1(tmp_path, capsys):
+    status = main(["--out", str(tmp_path / "bank.jsonl"), str(tmp_path)])
+
+    assert status == 1
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_import_help_describes_options(capsys):

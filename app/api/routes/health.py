@@ -14,6 +14,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
+@router.head("/health", include_in_schema=False)
 async def health() -> HealthResponse:
     """Return 200 while the process runs, checking nothing else."""
     return HealthResponse()

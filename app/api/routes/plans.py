@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import PlannerDep
+from app.api.errors import problem_response
 from app.api.schemas import (
     DelegationInfo,
     FewShotExample,
@@ -22,8 +25,17 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/inference", tags=["plans"])
 
+DISCONNECT_POLL_S = 0.25
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned; never seen by it
+
 _ERRORS = {
-    status: {"model": ProblemDetails, "description": description}
+    status: {
+        "model": ProblemDetails,
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
+        },
+    }
     for status, description in {
         400: "The body is not valid JSON.",
         422: "A field is missing, of the wrong type, empty or over its limit.",
@@ -40,10 +52,16 @@ _ERRORS = {
     responses=_ERRORS,
     summary="Turn an utterance into a plan",
 )
-async def generate_plan(body: PlanRequest, planner: PlannerDep) -> PlanResponse:
+async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request) -> Response:
     """Return the small model's plan, or the large model's when the small one is unsure."""
     context = [Turn(turn.utterance, turn.plan, turn.agent_reply) for turn in body.context]
-    result = await planner.generate(body.utterance, context)
+    generation = asyncio.ensure_future(planner.generate(body.utterance, context))
+    if not await _finished_before_disconnect(generation, request):
+        logger.info("client disconnected, plan generation cancelled")
+        return problem_response(
+            CLIENT_CLOSED_REQUEST, "Client closed request", "The client disconnected."
+        )
+    result = generation.result()
     response = _to_response(result)
     logger.info(
         "plan generated model=%s backend=%s confidence=%s delegated=%s "
@@ -58,7 +76,25 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep) -> PlanResponse:
         response.delegation.ratio,
         result.timings_ms.get("total"),
     )
-    return response
+    return JSONResponse(response.model_dump())
+
+
+async def _finished_before_disconnect(work: asyncio.Future, request: Request) -> bool:
+    """Wait for `work`; cancel it and return False if the client disconnects first.
+
+    Starlette does not cancel a handler when its client goes away, and a plan can
+    take seconds of model time that a queue of abandoned requests would waste.
+    """
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return True
+            if await request.is_disconnected():
+                return False
+    finally:
+        if not work.done():
+            work.cancel()
 
 
 def _to_response(result: PlanResult) -> PlanResponse:
