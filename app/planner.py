@@ -1,7 +1,7 @@
 """The plan pipeline: retrieve examples, ask the small model, decide, maybe delegate.
 
 This module ties the domain code to the model backends through their common
-interface; it knows no web framework and no vendor SDK.
+interface. It imports no web framework and no vendor SDK.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
 
 
 class PlanUnavailableError(Exception):
-    """No backend produced a usable plan; `backend_errors` says what each one did."""
+    """No backend produced a usable plan. `backend_errors` maps each backend to its error."""
 
     def __init__(self, status_code: int, backend_errors: dict[str, str]) -> None:
         details = "; ".join(f"{name}: {error}" for name, error in backend_errors.items())
@@ -38,7 +38,7 @@ class PlanUnavailableError(Exception):
 
 @dataclass(slots=True)
 class PlanResult:
-    """Everything the service knows about one answered request."""
+    """The outcome of one answered request, with the inputs of each decision."""
 
     plan: str
     model: Literal["small", "large"]
@@ -67,7 +67,7 @@ class _SmallAnswer:
 
 
 class Planner:
-    """Answers utterances with plans; one instance serves all requests concurrently."""
+    """The pipeline from utterance to plan; one instance serves all requests concurrently."""
 
     def __init__(
         self,
@@ -199,7 +199,7 @@ class Planner:
         return _SmallAnswer(extracted, signals["retrieval"], "retrieval", signals)
 
     async def _delegate(self, result: PlanResult, messages: list) -> None:
-        """Ask the large model; on failure keep the small plan and say why."""
+        """Ask the large model. On failure, keep the small plan and record the error."""
         if self.large is None:
             result.delegation_status = "unavailable"
             result.delegation_error = "no large model is configured (LARGE_MODEL_BACKEND=none)"
@@ -240,7 +240,7 @@ class Planner:
         timings: dict[str, float],
         started: float,
     ) -> PlanResult:
-        """Let the large model answer alone; the policy records nothing without a confidence."""
+        """Ask the large model alone. The policy records nothing, having no confidence."""
         errors = {small_error.backend: small_error.message}
         if self.large is None:
             raise PlanUnavailableError(small_error.status_code, errors)

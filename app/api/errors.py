@@ -52,7 +52,12 @@ def _field_path(location: tuple) -> str:
     # ("body", "context", 0, "utterance") -> "context[0].utterance"
     path = ""
     for part in location[1:] if location and location[0] == "body" else location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif path:
+            path += f".{part}"
+        else:
+            path = str(part)
     return path or "body"
 
 
