@@ -1,0 +1,1 @@
+"""Offline evaluation of the plan pipeline on SMCalFlow dialogues (`plan-eval`)."""

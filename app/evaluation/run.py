@@ -1,0 +1,616 @@
+"""Run SMCalFlow dialogues through the configured plan pipeline and write the reports.
+
+The planner is built as the service's lifespan builds it (same settings, bank,
+backend factories and delegation policy). Each backend is wrapped in a meter
+that records the prompt size and the completion, so that token counts, and the
+small model's output on a turn that failed, are known.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from app.api.schemas import CONTEXT_MAX_TURNS
+from app.backends.base import BackendStatus, ChatMessage, Completion, ModelBackend
+from app.backends.errors import BackendError
+from app.backends.factory import build_large_backend, build_small_backend
+from app.core.config import Settings
+from app.domain.dialogue import Turn
+from app.domain.example_bank import load_bank
+from app.domain.lispress import LispressError, function_names, normalize, parse
+from app.domain.plan_output import extract_plan, logprob_confidence
+from app.domain.prompts import PROMPT_VERSION
+from app.domain.retrieval import ExampleIndex
+from app.evaluation import metrics
+from app.main import build_policy
+from app.planner import Planner, PlanResult, PlanUnavailableError
+
+logger = logging.getLogger(__name__)
+
+PlanFormat = Literal["v1", "v2"]
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot start: an invalid data file or bank, or a small model not ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvalTurn:
+    """One non-skipped turn to evaluate, with the dialogue's earlier turns as context."""
+
+    dialogue_id: str
+    turn_index: int
+    utterance: str
+    gold: str
+    context: tuple[Turn, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationOptions:
+    """What to evaluate and where to write the reports."""
+
+    data: Path
+    out: Path
+    bank: Path | None = None
+    limit: int | None = None
+    seed: int = 0
+    plan_format: PlanFormat = "v1"
+    prices: metrics.TokenPrices = metrics.DEFAULT_TOKEN_PRICES
+    show_progress: bool = True
+
+
+@dataclass
+class _Call:
+    prompt_chars: int
+    completion: Completion | None = None
+
+
+class MeteredBackend:
+    """A ModelBackend wrapper that records every call's prompt size and completion."""
+
+    def __init__(self, inner: ModelBackend) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.model_name = inner.model_name
+        self.calls: list[_Call] = []
+
+    async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int) -> Completion:
+        call = _Call(prompt_chars=sum(len(message.content) for message in messages))
+        self.calls.append(call)
+        call.completion = await self.inner.complete(messages, max_tokens=max_tokens)
+        return call.completion
+
+    async def probe(self) -> BackendStatus:
+        return await self.inner.probe()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def take_calls(self) -> list[_Call]:
+        """Return the calls since the last take, failed ones included, and forget them."""
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def read_dialogues(path: Path, plan_format: PlanFormat) -> list[list[EvalTurn]]:
+    """Read a `*.dataflow_dialogues.jsonl` file into the non-skipped turns of each dialogue.
+
+    Raises EvaluationError naming the line of the first malformed dialogue.
+    """
+    dialogues: list[list[EvalTurn]] = []
+    with path.open(encoding="utf-8") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                dialogues.append(_dialogue_turns(json.loads(line), plan_format))
+            except KeyError as error:
+                raise EvaluationError(
+                    f"{path}:{line_number}: malformed dialogue (missing field {error})"
+                ) from error
+            except (ValueError, TypeError) as error:
+                raise EvaluationError(
+                    f"{path}:{line_number}: malformed dialogue ({error})"
+                ) from error
+    return dialogues
+
+
+def _dialogue_turns(record: dict[str, Any], plan_format: PlanFormat) -> list[EvalTurn]:
+    dialogue_id = record["dialogue_id"]
+    history: list[Turn] = []
+    turns: list[EvalTurn] = []
+    for raw in record["turns"]:
+        plan_text = raw["tags"]["original_lispress"] if plan_format == "v1" else raw["lispress"]
+        try:
+            gold = normalize(plan_text)
+        except LispressError as error:
+            raise ValueError(
+                f"turn {raw['turn_index']}: gold plan does not parse: {error}"
+            ) from error
+        utterance = raw["user_utterance"]["original_text"]
+        if not raw.get("skip", False):
+            # The API accepts at most CONTEXT_MAX_TURNS earlier turns, the latest ones.
+            context = tuple(history[-CONTEXT_MAX_TURNS:])
+            turns.append(EvalTurn(dialogue_id, int(raw["turn_index"]), utterance, gold, context))
+        agent_reply = (raw.get("agent_utterance") or {}).get("original_text")
+        history.append(Turn(utterance=utterance, plan=gold, agent_reply=agent_reply))
+    return turns
+
+
+def sample_dialogues(
+    dialogues: list[list[EvalTurn]], limit: int | None, seed: int
+) -> list[list[EvalTurn]]:
+    """Pick `limit` dialogues at random with `seed`, kept in file order; all when limit is None."""
+    if limit is None or limit >= len(dialogues):
+        return dialogues
+    chosen = sorted(random.Random(seed).sample(range(len(dialogues)), limit))
+    return [dialogues[index] for index in chosen]
+
+
+def reject_data_as_bank(bank_path: Path, data_path: Path) -> None:
+    """Raise EvaluationError when the example bank is the evaluation data file itself."""
+    if bank_path.exists() and os.path.samefile(bank_path, data_path):
+        raise EvaluationError(
+            f"the example bank {bank_path} is the evaluation data file, and evaluating on "
+            "the few-shot examples overstates exact match: pass another --bank or EXAMPLES_PATH"
+        )
+
+
+def count_shared_dialogues(example_ids: Sequence[str], turns: Sequence[EvalTurn]) -> int:
+    """Count the data dialogues whose id prefixes an example id (`<dialogue_id>/<turn_index>`)."""
+    bank_dialogues = {example_id.rsplit("/", 1)[0] for example_id in example_ids}
+    shared = {turn.dialogue_id for turn in turns} & bank_dialogues
+    if shared:
+        logger.warning(
+            "bank and data share dialogues shared=%d first=%s: exact match is overstated",
+            len(shared),
+            sorted(shared)[0],
+        )
+    return len(shared)
+
+
+async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict[str, Any]:
+    """Evaluate the sampled dialogues, write every report file and return report.json's content."""
+    started = time.perf_counter()
+    bank_path = options.bank or settings.examples_path
+    all_dialogues = read_dialogues(options.data, options.plan_format)
+    dialogues = sample_dialogues(all_dialogues, options.limit, options.seed)
+    turns = [turn for dialogue in dialogues for turn in dialogue]
+    if not turns:
+        raise EvaluationError(f"{options.data} has no non-skipped turn to evaluate")
+
+    reject_data_as_bank(bank_path, options.data)
+    examples = load_bank(bank_path)
+    index = ExampleIndex(examples)
+    shared = count_shared_dialogues([example.id for example in examples], turns)
+    known_functions = set().union(*(function_names(parse(example.plan)) for example in examples))
+
+    small = MeteredBackend(await build_small_backend(settings))
+    large_backend = build_large_backend(settings)
+    large = MeteredBackend(large_backend) if large_backend else None
+    try:
+        await _check_small_ready(small)
+        planner = Planner(
+            index=index,
+            small=small,
+            large=large,
+            policy=build_policy(settings),
+            few_shot_k=settings.few_shot_k,
+            small_max_tokens=settings.small_model_max_tokens,
+            large_max_tokens=settings.large_model_max_tokens,
+        )
+        records = await _evaluate_turns(planner, small, large, turns, known_functions, options)
+    finally:
+        await small.aclose()
+        if large is not None:
+            await large.aclose()
+
+    report = metrics.summarize(records, options.prices, large_configured=large is not None)
+    report["run"] = {
+        "data": str(options.data),
+        "bank": str(bank_path),
+        "bank_examples": len(examples),
+        "bank_dialogues_shared_with_data": shared,
+        "format": options.plan_format,
+        "limit": options.limit,
+        "seed": options.seed,
+        "dialogues": len(dialogues),
+        "dialogues_in_file": len(all_dialogues),
+        "small_backend": small.backend,
+        "small_model": small.model_name,
+        "large_backend": large.backend if large else None,
+        "large_model": large.model_name if large else None,
+        "prompt_version": PROMPT_VERSION,
+        "few_shot_k": settings.few_shot_k,
+        "delegation_percentile": settings.delegation_percentile,
+        "delegation_max_ratio": settings.delegation_max_ratio,
+        "delegation_min_samples": settings.delegation_min_samples,
+        "delegation_warmup_threshold": settings.delegation_warmup_threshold,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    _write_outputs(options.out, report, records)
+    return report
+
+
+async def _check_small_ready(small: ModelBackend) -> None:
+    status = await small.probe()
+    if not status.ready:
+        raise EvaluationError(f"the small model is not ready ({status.backend}: {status.detail})")
+
+
+async def _evaluate_turns(
+    planner: Planner,
+    small: MeteredBackend,
+    large: MeteredBackend | None,
+    turns: Sequence[EvalTurn],
+    known_functions: set[str],
+    options: EvaluationOptions,
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    correct = 0
+    progress = tqdm(turns, desc="plan-eval", unit="turn", disable=not options.show_progress)
+    # Log lines go through tqdm, so that they print above the bar instead of breaking it.
+    with logging_redirect_tqdm():
+        for turn in progress:
+            record = await _evaluate_turn(planner, small, large, turn, known_functions)
+            records.append(record)
+            correct += record["final_correct"]
+            progress.set_postfix(exact_match=f"{correct / len(records):.3f}")
+    return records
+
+
+async def _evaluate_turn(
+    planner: Planner,
+    small: MeteredBackend,
+    large: MeteredBackend | None,
+    turn: EvalTurn,
+    known_functions: set[str],
+) -> dict[str, Any]:
+    error: str | None = None
+    result: PlanResult | None = None
+    try:
+        result = await planner.generate(turn.utterance, turn.context)
+    except (PlanUnavailableError, BackendError) as failure:
+        error = str(failure)
+        logger.warning(
+            "turn failed dialogue_id=%s turn_index=%d error=%s",
+            turn.dialogue_id,
+            turn.turn_index,
+            error,
+        )
+    # Only calls that returned a completion count: the planner retries a prompt that is
+    # too long with a shorter one, and a failed call is not billed.
+    small_calls = _answered(small.take_calls())
+    large_attempts = large.take_calls() if large else []
+    large_calls = _answered(large_attempts)
+    nearest = planner.index.search(turn.utterance, 1)
+
+    record: dict[str, Any] = {
+        "dialogue_id": turn.dialogue_id,
+        "turn_index": turn.turn_index,
+        "utterance": turn.utterance,
+        "gold": turn.gold,
+        "dependent": metrics.is_dependent(turn.gold),
+        "floor_plan": nearest[0].example.plan if nearest else None,
+        "error": error,
+    }
+    record.update(_small_fields(result, small_calls, nearest[0].similarity if nearest else 0.0))
+    record.update(_final_fields(result, large_attempts))
+    record["small_correct"] = metrics.exact_match(record["small_plan"], turn.gold)
+    record["final_correct"] = metrics.exact_match(record["final_plan"], turn.gold)
+    record["floor_correct"] = metrics.exact_match(record["floor_plan"], turn.gold)
+    record["large_correct"] = (
+        metrics.exact_match(record["final_plan"] if record["model"] == "large" else None, turn.gold)
+        if large_attempts
+        else None
+    )
+    record["small_answered"] = bool(small_calls)
+    record["small_invalid"] = record["small_answered"] and metrics.is_invalid_plan(
+        record["small_plan"], known_functions
+    )
+    record["tokens"] = _token_fields(small_calls, large_calls, record["delegated"], turn.gold)
+    return record
+
+
+def _answered(calls: list[_Call]) -> list[_Call]:
+    return [call for call in calls if call.completion is not None]
+
+
+def _small_fields(
+    result: PlanResult | None, calls: list[_Call], retrieval_similarity: float
+) -> dict[str, Any]:
+    if result is not None and result.decision is not None:
+        return {
+            "small_plan": result.small_plan,
+            "signals": {**result.signals, "confidence": result.confidence},
+            "confidence_source": result.confidence_source,
+            "decision": {
+                "delegate": result.decision.delegate,
+                "reason": str(result.decision.reason),
+                "threshold": result.decision.threshold,
+                "ratio": result.decision.ratio,
+            },
+            "delegated": result.decision.delegate,
+        }
+
+    # The small model failed, or answered with no usable plan and nothing stood in for
+    # it, so the planner returned no result. Rebuild what it saw from the recorded call.
+    completion = calls[-1].completion if calls else None
+    if completion is None:
+        signals = {"logprobs": None, "retrieval": retrieval_similarity, "confidence": None}
+        return {
+            "small_plan": None,
+            "signals": signals,
+            "confidence_source": None,
+            "decision": None,
+            "delegated": True,  # the planner sends the request to the large model alone
+        }
+    extracted = extract_plan(completion.text)
+    signals = {
+        "logprobs": logprob_confidence(completion.token_logprobs),
+        "retrieval": retrieval_similarity,
+        # The planner scores an unusable plan 0 and the policy always delegates it.
+        "confidence": 0.0 if not extracted.valid else None,
+    }
+    decision = {"delegate": True, "reason": "invalid_plan", "threshold": None, "ratio": None}
+    return {
+        "small_plan": extracted.plan,
+        "signals": signals,
+        "confidence_source": "invalid_plan" if not extracted.valid else None,
+        "decision": decision,
+        "delegated": True,
+    }
+
+
+def _final_fields(result: PlanResult | None, large_calls: list[_Call]) -> dict[str, Any]:
+    if result is None:
+        return {
+            "final_plan": None,
+            "model": None,
+            "delegation_status": "failed" if large_calls else None,
+            "timings_ms": {},
+        }
+    return {
+        "final_plan": result.plan,
+        "model": result.model,
+        "delegation_status": result.delegation_status,
+        "timings_ms": dict(result.timings_ms),
+    }
+
+
+def _token_fields(
+    small_calls: list[_Call], large_calls: list[_Call], delegated: bool, gold: str
+) -> dict[str, Any]:
+    small_tokens, small_basis = _call_tokens(small_calls)
+    large_input, large_output, large_basis = 0, 0, "none"
+    if large_calls:
+        large_tokens = [_completion_tokens(call) for call in large_calls]
+        large_input = sum(tokens[0] for tokens in large_tokens)
+        large_output = sum(tokens[1] for tokens in large_tokens)
+        large_basis = "reported" if all(tokens[2] for tokens in large_tokens) else "estimated"
+    elif delegated and small_calls:
+        # No large model ran: price the delegation as if it had, with the same prompt
+        # and an answer as long as the gold plan.
+        large_input = metrics.estimate_tokens(small_calls[-1].prompt_chars)
+        large_output = metrics.estimate_tokens(len(gold))
+        large_basis = "projected"
+    return {
+        "small": small_tokens,
+        "small_basis": small_basis,
+        "large_input": large_input,
+        "large_output": large_output,
+        "large_basis": large_basis,
+    }
+
+
+def _call_tokens(calls: list[_Call]) -> tuple[int, str]:
+    if not calls:
+        return 0, "none"
+    counted = [_completion_tokens(call) for call in calls]
+    basis = "reported" if all(reported for _, _, reported in counted) else "estimated"
+    return sum(prompt + output for prompt, output, _ in counted), basis
+
+
+def _completion_tokens(call: _Call) -> tuple[int, int, bool]:
+    """Return prompt and output tokens of one call, and whether the backend reported both."""
+    completion = call.completion
+    prompt = completion.input_tokens if completion else None
+    output = completion.output_tokens if completion else None
+    reported = prompt is not None and output is not None
+    if prompt is None:
+        prompt = metrics.estimate_tokens(call.prompt_chars)
+    if output is None:
+        output = metrics.estimate_tokens(len(completion.text)) if completion else 0
+    return prompt, output, reported
+
+
+def _write_outputs(out: Path, report: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with (out / "turns.jsonl").open("w", encoding="utf-8") as file:
+        for record in records:
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_markdown(out / "report.md", report)
+    write_tradeoff_plot(out / "tradeoff.png", records, report)
+
+
+_METRIC_NOTES = (
+    ("exact match", "share of turns whose plan, parsed as an S-expression, equals the gold plan."),
+    (
+        "small / final / large",
+        "the small model's plan, the plan the service returned, and the "
+        "large model's plan over the turns sent to it.",
+    ),
+    ("delegation rate", "share of turns the policy sent, or would send, to the large model."),
+    (
+        "confidence AUROC",
+        "probability that a correct small plan scores above a wrong one on "
+        "that signal (1 = perfect separation, 0.5 = chance); `confidence` is the value the "
+        "service decided on. Turns without the signal are left out.",
+    ),
+    ("delegation precision", "share of delegated turns whose small plan was wrong."),
+    ("errors caught", "share of the small model's wrong plans that were delegated."),
+    (
+        "invalid plans",
+        "share of small-model answers that do not parse or call a function that no bank plan uses.",
+    ),
+    (
+        "floor exact match",
+        "exact match of returning the plan of the most similar bank "
+        "utterance, with no model at all.",
+    ),
+    ("dependent turns", "turns whose gold plan uses `refer` or a `Revise...` function."),
+    (
+        "cost",
+        "US dollars per 1,000 requests at the prices listed, from the token counts "
+        "described beside them.",
+    ),
+)
+
+
+def _figure(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    """Write report.md: what was run, the figures, and what each figure means."""
+    run = report["run"]
+    exact = report["exact_match"]
+    lines = [
+        "# Plan evaluation",
+        "",
+        f"- data: `{run['data']}` ({run['dialogues']} of {run['dialogues_in_file']} dialogues, "
+        f"limit {run['limit']}, seed {run['seed']}, format {run['format']})",
+        f"- bank: `{run['bank']}` ({run['bank_examples']} examples, "
+        f"{run['bank_dialogues_shared_with_data']} dialogues shared with the data)",
+        f"- small model: {run['small_backend']} `{run['small_model']}`",
+        f"- large model: {run['large_backend'] or 'none'} `{run['large_model'] or '-'}`",
+        f"- prompt version {run['prompt_version']}, {run['few_shot_k']} few-shot examples, "
+        f"delegation percentile {run['delegation_percentile']}, max ratio "
+        f"{run['delegation_max_ratio']}",
+        f"- {run['date']}, {run['wall_time_s']} s",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| turns | {report['turns']} ({report['failed_turns']} failed) |",
+        f"| exact match, small | {_figure(exact['small'])} |",
+        f"| exact match, final | {_figure(exact['final'])} |",
+        f"| exact match, large | {_figure(exact['large'])} |",
+        f"| floor exact match | {_figure(report['floor_exact_match'])} |",
+        f"| delegation rate | {_figure(report['delegation_rate'])} |",
+        f"| delegation precision | {_figure(report['delegation_precision'])} |",
+        f"| errors caught | {_figure(report['errors_caught'])} |",
+        f"| invalid plans | {_figure(report['invalid_plans'])} |",
+    ]
+    for signal, value in report["confidence_auroc"].items():
+        lines.append(f"| confidence AUROC, {signal} | {_figure(value)} |")
+    for kind, value in report["exact_match_by_dependency"].items():
+        count = report["turns_by_dependency"][kind]
+        lines.append(f"| exact match, {kind} turns ({count}) | {_figure(value)} |")
+    cost = report["cost_per_1000_requests_usd"]
+    lines.append(f"| cost per 1,000 requests (USD) | {_figure(cost['total'])} |")
+
+    lines += ["", "| stage | p50 ms | p95 ms | turns |", "| --- | --- | --- | --- |"]
+    for stage, figures in report["latency_ms"].items():
+        lines.append(
+            f"| {stage} | {_figure(figures['p50'])} | {_figure(figures['p95'])} | "
+            f"{figures['count']} |"
+        )
+
+    prices = cost["prices_usd_per_1k_tokens"]
+    lines += [
+        "",
+        f"Cost: small {_figure(cost['small'])} + large {_figure(cost['large'])} USD per 1,000 "
+        f"requests, at {prices['small']} USD per 1,000 small-model tokens and "
+        f"{prices['large_input']} / {prices['large_output']} USD per 1,000 large-model input / "
+        f"output tokens. Small-model tokens: {cost['small_token_counts']}. Large-model tokens: "
+        f"{cost['large_token_counts']}.",
+    ]
+    if report["turns"] < run["delegation_min_samples"]:
+        lines += [
+            "",
+            f"The policy saw fewer than {run['delegation_min_samples']} confidences, so every "
+            f"decision used the warm-up threshold {run['delegation_warmup_threshold']}, not the "
+            "percentile.",
+        ]
+    lines += ["", "## What the figures mean", ""]
+    lines += [f"- **{name}**: {note}" for name, note in _METRIC_NOTES]
+    lines += [
+        "",
+        "`tradeoff.png` plots final exact match against the share of turns delegated when "
+        "the turns with the lowest value of each signal go first, assuming the large model "
+        "is right whenever the small one is wrong.",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_tradeoff_plot(path: Path, records: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    """Draw exact match against the delegated share, one curve per confidence signal."""
+    # Imported here: matplotlib takes a second to load and only this function needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    small_correct = [record["small_correct"] for record in records]
+    small_accuracy = report["exact_match"]["small"]
+    figure = Figure(figsize=(7, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+
+    for signal in metrics.SIGNALS:
+        scores = [record["signals"][signal] for record in records]
+        if all(score is None for score in scores):
+            continue
+        curve = metrics.tradeoff_curve(scores, small_correct)
+        auroc = report["confidence_auroc"][signal]
+        label = f"{signal} (AUROC {_figure(auroc)})"
+        axes.plot(curve.delegated * 100, curve.accuracy * 100, label=label)
+
+    shares = metrics.tradeoff_curve([0.0] * len(records), small_correct).delegated
+    axes.plot(
+        shares * 100,
+        metrics.random_router_accuracy(small_accuracy, shares) * 100,
+        linestyle="--",
+        color="grey",
+        label="random router",
+    )
+    axes.plot(
+        shares * 100,
+        metrics.perfect_router_accuracy(small_accuracy, shares) * 100,
+        linestyle=":",
+        color="black",
+        label="perfect router",
+    )
+    axes.set_xlim(0, 100)
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("requests delegated (%)")
+    axes.set_ylabel("final exact match (%)")
+    axes.set_title(f"Delegation trade-off ({report['turns']} turns)")
+    axes.text(
+        0.98,
+        0.02,
+        "assumes the large model is right\nwhenever the small model is wrong",
+        transform=axes.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=8,
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.savefig(path)

@@ -1,0 +1,305 @@
+"""`plan-eval` end to end: hand-made dialogues through the real Ollama client, and dev dialogues
+through the embedded model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import evaluate, import_bank
+from tests.conftest import SMCALFLOW_DIR
+from tests.support.fake_ollama import FakeOllama, ScriptedReply
+
+MODEL = "plan-model"
+BOSS = "(Yield :output (FindManager :recipient (toRecipient (CurrentUser))))"
+HER_MANAGER = (
+    "(Yield :output (FindManager :recipient (Execute :intension "
+    "(refer (extensionConstraint (Constraint[Recipient]))))))"
+)
+TEAM = "(Yield :output (FindTeamOf :recipient (toRecipient (CurrentUser))))"
+REPORTS = "(Yield :output (FindReports :recipient (toRecipient (CurrentUser))))"
+DENVER_WEATHER = (
+    "(Yield :output (WeatherQueryApi :place (AtPlace :place (FindPlace :keyphrase "
+    '#(LocationKeyphrase "Denver"))) :time (Constraint[DateTime] :date (?= (Today)))))'
+)
+WINDY = (
+    "(Yield :output (IsWindy :table (Execute :intension "
+    "(refer (extensionConstraint (AlwaysTrueConstraint[WeatherTable]))))))"
+)
+
+
+def spaced(plan: str) -> str:
+    """Write a plan with a space around every bracket, as the small model does."""
+    return " ".join(plan.replace("(", " ( ").replace(")", " ) ").split())
+
+
+# (utterance, gold plan, skip, small model's reply, probability of each reply token).
+# Floor: the first, second, third and fifth utterances are in the default bank with
+# their gold plans; the fourth's nearest bank plan is a different weather query.
+DIALOGUES: dict[str, list[tuple[str, str, bool, str, float]]] = {
+    "dialogue-a": [
+        ("Who's my boss?", BOSS, False, spaced(BOSS), 0.9),
+        ("And who is her manager?", HER_MANAGER, False, spaced(HER_MANAGER), 0.8),
+    ],
+    "dialogue-b": [
+        ("Good morning!", "(GenericPleasantry)", True, "( GenericPleasantry )", 0.9),
+        ("Who works on my team?", TEAM, False, spaced(REPORTS), 0.3),
+    ],
+    "dialogue-c": [
+        ("What is the weather like in Denver today?", DENVER_WEATHER, False, spaced(BOSS), 0.85),
+        ("Is it going to be windy?", WINDY, False, "not a plan at all", 0.95),
+    ],
+}
+REPLIES = {
+    utterance: (reply, probability)
+    for turns in DIALOGUES.values()
+    for utterance, _, _, reply, probability in turns
+}
+
+
+def write_dialogues(path: Path, dialogue_ids: list[str]) -> Path:
+    lines = []
+    for dialogue_id in dialogue_ids:
+        turns = [
+            {
+                "turn_index": index,
+                "user_utterance": {"original_text": utterance},
+                "agent_utterance": {"original_text": f"reply {index}"},
+                "lispress": gold,
+                "tags": {"original_lispress": gold},
+                "skip": skip,
+            }
+            for index, (utterance, gold, skip, _, _) in enumerate(DIALOGUES[dialogue_id])
+        ]
+        lines.append(json.dumps({"dialogue_id": dialogue_id, "turns": turns}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def scripted_reply(request: dict[str, Any]) -> ScriptedReply:
+    utterance = request["messages"][-1]["content"].rsplit("Request: ", 1)[-1]
+    reply, probability = REPLIES[utterance]
+    return ScriptedReply(content=reply, default_logprob=math.log(probability))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo the CLI's logging set-up, whose handler writes to this test's captured stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def ollama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeOllama]:
+    with FakeOllama(models=[MODEL], responder=scripted_reply) as server:
+        monkeypatch.chdir(tmp_path)  # no .env here: the settings come from the environment
+        monkeypatch.setenv("SMALL_MODEL_BACKEND", "ollama")
+        monkeypatch.setenv("OLLAMA_HOST", server.url)
+        monkeypatch.setenv("LOCAL_MODEL_NAME", MODEL)
+        monkeypatch.setenv("OLLAMA_TIMEOUT_S", "10")
+        monkeypatch.setenv("LARGE_MODEL_BACKEND", "none")
+        monkeypatch.setenv("DELEGATION_MAX_RATIO", "0.5")
+        monkeypatch.delenv("EXAMPLES_PATH", raising=False)
+        yield server
+
+
+@pytest.fixture
+def data_path(tmp_path: Path) -> Path:
+    return write_dialogues(tmp_path / "dev.dataflow_dialogues.jsonl", list(DIALOGUES))
+
+
+def run_cli(*args: str) -> int:
+    return evaluate.main([*args, "--no-progress"])
+
+
+@pytest.fixture
+def report(ollama, data_path: Path, tmp_path: Path) -> dict[str, Any]:
+    assert run_cli("--data", str(data_path), "--out", str(tmp_path / "out")) == 0
+    return json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+
+
+def test_report_turns_and_failures(report):
+    assert report["turns"] == 5
+    assert report["failed_turns"] == 1
+
+
+def test_report_exact_match(report):
+    assert report["exact_match"]["small"] == pytest.approx(0.4)
+    assert report["exact_match"]["final"] == pytest.approx(0.4)
+    assert report["exact_match"]["large"] is None
+
+
+def test_report_floor_exact_match(report):
+    assert report["floor_exact_match"] == pytest.approx(0.8)
+
+
+def test_report_confidence_auroc(report):
+    # Correct: 0.9 and 0.8. Wrong: 0.3, 0.85 and the invalid plan, whose tokens score
+    # 0.95 but whose confidence the planner sets to 0.
+    assert report["confidence_auroc"]["logprobs"] == pytest.approx(3 / 6)
+    assert report["confidence_auroc"]["confidence"] == pytest.approx(5 / 6)
+    assert 0.0 <= report["confidence_auroc"]["retrieval"] <= 1.0
+
+
+def test_report_delegation(report):
+    # Delegated: the 0.3 turn (below the warm-up threshold 0.5) and the invalid plan.
+    assert report["delegation_rate"] == pytest.approx(0.4)
+    assert report["delegation_precision"] == pytest.approx(1.0)
+    assert report["errors_caught"] == pytest.approx(2 / 3)
+
+
+def test_report_invalid_plans(report):
+    assert report["invalid_plans"] == pytest.approx(0.2)
+
+
+def test_report_by_dependency(report):
+    assert report["exact_match_by_dependency"]["dependent"] == pytest.approx(0.5)
+    assert report["exact_match_by_dependency"]["independent"] == pytest.approx(1 / 3)
+
+
+def test_report_latency_and_cost(report):
+    assert report["latency_ms"]["small_model"]["count"] == 4
+    assert report["latency_ms"]["total"]["p95"] >= report["latency_ms"]["total"]["p50"]
+    assert report["latency_ms"]["large_model"]["p50"] is None
+    # Nothing ran on a large model: the two delegated turns are priced as projections.
+    assert report["cost_per_1000_requests_usd"]["large"] > 0
+    assert report["cost_per_1000_requests_usd"]["large_token_counts"].startswith("projected")
+
+
+def test_report_run_metadata(report, data_path):
+    assert report["run"]["data"] == str(data_path)
+    assert report["run"]["bank"].endswith("examples.jsonl")
+    assert report["run"]["small_backend"] == "ollama"
+    assert report["run"]["small_model"] == MODEL
+    assert report["run"]["large_backend"] is None
+    assert report["run"]["prompt_version"]
+
+
+def test_report_files_written(report, tmp_path):
+    out = tmp_path / "out"
+    turns = (out / "turns.jsonl").read_text(encoding="utf-8").splitlines()
+
+    assert len(turns) == 5
+    assert "exact match, final | 0.400" in (out / "report.md").read_text(encoding="utf-8")
+    assert (out / "tradeoff.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_failed_turn_recorded(report, tmp_path):
+    turns = [json.loads(line) for line in (tmp_path / "out" / "turns.jsonl").open()]
+    failed = turns[-1]
+
+    assert failed["utterance"] == "Is it going to be windy?"
+    assert "no usable plan" in failed["error"]
+    assert failed["final_correct"] is False
+    assert failed["signals"]["confidence"] == 0.0
+
+
+def test_context_has_previous_turns(report, ollama):
+    last_prompt = ollama.requests_to("/api/chat")[-1].body["messages"][-1]["content"]
+
+    assert "Previous request: What is the weather like in Denver today?" in last_prompt
+    assert "Assistant replied: reply 0" in last_prompt
+
+
+def test_rejects_data_as_bank(ollama, data_path, tmp_path, capsys):
+    status = run_cli("--data", str(data_path), "--bank", str(data_path), "--out", str(tmp_path))
+
+    assert status == 1
+    assert "is the evaluation data file" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_rejects_data_as_examples_path(ollama, data_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXAMPLES_PATH", str(data_path))
+
+    status = run_cli("--data", str(data_path), "--out", str(tmp_path / "out"))
+
+    assert status == 1
+    assert "is the evaluation data file" in capsys.readouterr().err
+
+
+def test_warns_bank_sharing_dialogues(ollama, data_path, tmp_path, capsys):
+    bank_path = tmp_path / "bank-from-data.jsonl"
+    assert import_bank.main(["--out", str(bank_path), str(data_path)]) == 0
+    out = tmp_path / "out"
+
+    status = run_cli("--data", str(data_path), "--bank", str(bank_path), "--out", str(out))
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert status == 0
+    assert report["run"]["bank_dialogues_shared_with_data"] == 3
+    assert "bank and data share dialogues shared=3" in capsys.readouterr().err
+
+
+def test_missing_data_file(ollama, tmp_path, capsys):
+    status = run_cli("--data", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out"))
+
+    assert status == 1
+    assert "data file not found" in capsys.readouterr().err
+
+
+def sampled_dialogues(out: Path) -> list[str]:
+    lines = (out / "turns.jsonl").read_text(encoding="utf-8").splitlines()
+    return sorted({json.loads(line)["dialogue_id"] for line in lines})
+
+
+def test_limit_seed_reproducible(ollama, data_path, tmp_path):
+    for name in ("first", "second"):
+        arguments = ["--data", str(data_path), "--out", str(tmp_path / name)]
+        assert run_cli(*arguments, "--limit", "2", "--seed", "5") == 0
+
+    first = sampled_dialogues(tmp_path / "first")
+    assert len(first) == 2
+    assert sampled_dialogues(tmp_path / "second") == first
+
+
+def test_limit_seeds_differ(ollama, data_path, tmp_path):
+    samples = set()
+    for seed in range(6):
+        out = tmp_path / f"seed-{seed}"
+        arguments = ["--data", str(data_path), "--out", str(out), "--limit", "1"]
+        assert run_cli(*arguments, "--seed", str(seed)) == 0
+        samples.add(tuple(sampled_dialogues(out)))
+
+    assert len(samples) > 1
+
+
+# Two dev dialogues of one turn each (seed 19), so the embedded model answers twice.
+DEV_SEED = "19"
+
+
+@pytest.mark.skipif(
+    not (SMCALFLOW_DIR / "dev.dataflow_dialogues.jsonl").is_file(),
+    reason="the shared SMCalFlow files are not present",
+)
+def test_embedded_model_on_dev_dialogues(tmp_path, monkeypatch):
+    bank_path = tmp_path / "bank.jsonl"
+    source = SMCALFLOW_DIR / "bank.dataflow_dialogues.jsonl"
+    assert import_bank.main(["--out", str(bank_path), str(source)]) == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SMALL_MODEL_BACKEND", "llama-cpp")
+    monkeypatch.setenv("LARGE_MODEL_BACKEND", "none")
+    monkeypatch.setenv("FEW_SHOT_K", "4")
+    monkeypatch.setenv("EMBEDDED_TIMEOUT_S", "120")
+
+    data = SMCALFLOW_DIR / "dev.dataflow_dialogues.jsonl"
+    arguments = ["--data", str(data), "--bank", str(bank_path), "--out", str(tmp_path / "out")]
+    status = run_cli(*arguments, "--limit", "2", "--seed", DEV_SEED)
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert status == 0
+    assert report["turns"] == 2
+    assert report["failed_turns"] == 0
+    assert report["run"]["small_backend"] == "llama-cpp"
+    assert report["run"]["bank_dialogues_shared_with_data"] == 0
+    assert 0.0 <= report["exact_match"]["final"] <= 1.0
+    assert report["latency_ms"]["small_model"]["count"] == 2
