@@ -93,7 +93,9 @@ class PlanRequest(BaseModel):
 class DelegationInfo(BaseModel):
     """The delegation decision and the inputs that produced it."""
 
-    wanted: bool = Field(description="Whether the policy chose to ask the large model.")
+    wanted: bool = Field(
+        description="Whether the policy chose to ask the large model.", examples=[False]
+    )
     status: Literal["not_wanted", "completed", "unavailable", "failed"] = Field(
         description=(
             "not_wanted: the small plan stands. completed: the large model wrote the plan. "
@@ -129,7 +131,9 @@ class DelegationInfo(BaseModel):
         examples=[False],
     )
     error: str | None = Field(
-        None, description="Why the large model could not answer, when it could not."
+        None,
+        description="Why the large model could not answer, when it could not.",
+        examples=[None],
     )
 
 
@@ -138,18 +142,25 @@ class FewShotExample(BaseModel):
 
     id: str = Field(examples=["default/create-lunch-tomorrow"])
     utterance: str = Field(examples=["Set up lunch with Abby tomorrow at noon."])
-    similarity: float = Field(description="TF-IDF cosine similarity to the utterance, in [0, 1].")
+    similarity: float = Field(
+        description="TF-IDF cosine similarity to the utterance, in [0, 1].", examples=[0.47]
+    )
 
 
 class PlanResponse(BaseModel):
     """The plan for an utterance and how it was produced."""
 
-    request_id: str = Field(description="Identifies this request in logs and errors.")
+    request_id: str = Field(
+        description="Identifies this request in logs and errors; the X-Request-ID header too.",
+        examples=["e010bd23fbe34b93a775d4a51f6cefd9"],
+    )
     plan: str = Field(
         description="The plan in normalized Lispress: a space around every bracket and quote.",
         examples=[_EXAMPLE_PLAN],
     )
-    model: Literal["small", "large"] = Field(description="Which model wrote the returned plan.")
+    model: Literal["small", "large"] = Field(
+        description="Which model wrote the returned plan.", examples=["small"]
+    )
     backend: str = Field(
         description="The backend that served that model: ollama, llama-cpp or bedrock.",
         examples=["ollama"],
@@ -172,10 +183,14 @@ class PlanResponse(BaseModel):
         ),
         examples=["logprobs"],
     )
-    delegated: bool = Field(description="True when the large model wrote the returned plan.")
+    delegated: bool = Field(
+        description="True when the large model wrote the returned plan.", examples=[False]
+    )
     delegation: DelegationInfo
     small_plan: str | None = Field(
-        None, description="The small model's own plan, when it produced one and was overruled."
+        None,
+        description="The small model's own plan, when it produced one and was overruled.",
+        examples=[None],
     )
     fallback: str | None = Field(
         None,
