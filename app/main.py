@@ -37,6 +37,21 @@ def build_policy(settings: Settings) -> DelegationPolicy:
     )
 
 
+def build_planner(
+    settings: Settings, index: ExampleIndex, small: ModelBackend, large: ModelBackend | None
+) -> Planner:
+    """Create the planner the service uses, from the settings and started backends."""
+    return Planner(
+        index=index,
+        small=small,
+        large=large,
+        policy=build_policy(settings),
+        few_shot_k=settings.few_shot_k,
+        small_max_tokens=settings.small_model_max_tokens,
+        large_max_tokens=settings.large_model_max_tokens,
+    )
+
+
 async def _log_backend_status(small: ModelBackend, large: ModelBackend | None) -> None:
     """Probe each backend once at start-up, so a missing one shows in the first log lines."""
     status = await small.probe()
@@ -86,15 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await _log_backend_status(small, large)
         app.state.settings = settings
-        app.state.planner = Planner(
-            index=index,
-            small=small,
-            large=large,
-            policy=build_policy(settings),
-            few_shot_k=settings.few_shot_k,
-            small_max_tokens=settings.small_model_max_tokens,
-            large_max_tokens=settings.large_model_max_tokens,
-        )
+        app.state.planner = build_planner(settings, index, small, large)
         try:
             yield
         finally:

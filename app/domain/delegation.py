@@ -19,7 +19,7 @@ __all__ = ["DelegationConfig", "DelegationDecision", "DelegationPolicy", "Delega
 
 
 class DelegationReason(StrEnum):
-    """Why a request was or was not delegated."""
+    """The reason a request was or was not delegated."""
 
     LOW_CONFIDENCE = "low_confidence"  # at or below the threshold, within budget
     INVALID_PLAN = "invalid_plan"  # the small plan is unusable, whatever the budget

@@ -35,7 +35,7 @@ from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
 from app.evaluation import metrics
 from app.evaluation.report import write_outputs
-from app.main import build_policy
+from app.main import build_planner
 from app.planner import Planner, PlanResult, PlanUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class EvalTurn:
 
 @dataclass(frozen=True, slots=True)
 class EvaluationOptions:
-    """What to evaluate and where to write the reports."""
+    """The data, sample and output folder of one evaluation run."""
 
     data: Path
     out: Path
@@ -203,15 +203,7 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
     large = MeteredBackend(large_backend) if large_backend else None
     try:
         await _check_small_ready(small)
-        planner = Planner(
-            index=index,
-            small=small,
-            large=large,
-            policy=build_policy(settings),
-            few_shot_k=settings.few_shot_k,
-            small_max_tokens=settings.small_model_max_tokens,
-            large_max_tokens=settings.large_model_max_tokens,
-        )
+        planner = build_planner(settings, index, small, large)
         records = await _evaluate_turns(planner, small, large, turns, known_functions, options)
     finally:
         await small.aclose()
