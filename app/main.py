@@ -16,7 +16,7 @@ from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.domain.delegation import DelegationConfig, DelegationPolicy
-from app.domain.example_bank import load_bank
+from app.domain.example_bank import bank_functions, load_bank
 from app.domain.retrieval import ExampleIndex
 from app.planner import Planner
 
@@ -49,6 +49,7 @@ def build_planner(
         few_shot_k=settings.few_shot_k,
         small_max_tokens=settings.small_model_max_tokens,
         large_max_tokens=settings.large_model_max_tokens,
+        known_functions=bank_functions(index.examples),
     )
 
 

@@ -16,6 +16,7 @@ from app.backends.base import Completion, ModelBackend
 from app.backends.errors import BackendError, PromptTooLongError
 from app.domain.delegation import DelegationDecision, DelegationPolicy
 from app.domain.dialogue import Turn
+from app.domain.lispress import function_names, parse
 from app.domain.plan_output import ExtractedPlan, extract_plan, logprob_confidence
 from app.domain.prompts import build_messages
 from app.domain.retrieval import ExampleIndex, ScoredExample
@@ -56,6 +57,8 @@ class PlanResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # Every confidence signal computed for the small plan, by name, for evaluation.
     signals: dict[str, float | None] = field(default_factory=dict)
+    # Set when the returned plan parses but fails the plan check.
+    plan_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,11 @@ class _SmallAnswer:
     confidence: float
     source: ConfidenceSource
     signals: dict[str, float | None]
+    problem: str | None = None  # why a plan that parses failed the plan check
+
+    @property
+    def usable(self) -> bool:
+        return self.extracted.valid and self.problem is None
 
 
 class Planner:
@@ -79,7 +87,14 @@ class Planner:
         few_shot_k: int,
         small_max_tokens: int,
         large_max_tokens: int,
+        known_functions: frozenset[str] | None = None,
     ) -> None:
+        """Create the pipeline.
+
+        `known_functions` are the function names a plan may use, normally those of
+        the example bank; a plan with any other name fails the plan check. None
+        turns the check off.
+        """
         self.index = index
         self.small = small
         self.large = large
@@ -87,6 +102,7 @@ class Planner:
         self.few_shot_k = few_shot_k
         self.small_max_tokens = small_max_tokens
         self.large_max_tokens = large_max_tokens
+        self.known_functions = known_functions
 
     async def generate(self, utterance: str, context: Sequence[Turn] = ()) -> PlanResult:
         """Return the plan for `utterance`, or raise PlanUnavailableError."""
@@ -113,7 +129,7 @@ class Planner:
         timings["small_model"] = _elapsed_ms(small_started)
 
         answer = self._score(completion, few_shot)
-        decision = self.policy.decide(answer.confidence, plan_valid=answer.extracted.valid)
+        decision = self.policy.decide(answer.confidence, plan_valid=answer.usable)
         result = PlanResult(
             plan=answer.extracted.plan or "",
             model="small",
@@ -128,6 +144,7 @@ class Planner:
             small_error=answer.extracted.error,
             timings_ms=timings,
             signals=answer.signals,
+            plan_problem=answer.problem,
         )
         if decision.delegate:
             await self._delegate(result, messages)
@@ -192,11 +209,24 @@ class Planner:
         }
         if not extracted.valid:
             return _SmallAnswer(extracted, 0.0, "invalid_plan", signals)
+        problem = self.check_plan(extracted.plan or "")
+        if problem is not None:
+            return _SmallAnswer(extracted, 0.0, "invalid_plan", signals, problem)
         if signals["logprobs"] is not None:
             return _SmallAnswer(extracted, signals["logprobs"], "logprobs", signals)
         # No log-probabilities from this backend: fall back to how close the nearest
         # example is, a weaker signal but one that needs nothing from the model.
         return _SmallAnswer(extracted, signals["retrieval"], "retrieval", signals)
+
+    def check_plan(self, plan: str) -> str | None:
+        """Return why a parseable plan fails the plan check, or None when it passes."""
+        if self.known_functions is None:
+            return None
+        unknown = sorted(function_names(parse(plan)) - self.known_functions)
+        if not unknown:
+            return None
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        return f"the plan uses functions that no bank example uses: {shown}"
 
     async def _delegate(self, result: PlanResult, messages: list) -> None:
         """Ask the large model. On failure, keep the small plan and record the error."""
@@ -227,6 +257,7 @@ class Planner:
             logger.warning("large model returned no plan error=%s", extracted.error)
             return
         result.plan = extracted.plan or ""
+        result.plan_problem = self.check_plan(result.plan)
         result.model = "large"
         result.backend = self.large.backend
         result.model_name = self.large.model_name
@@ -262,6 +293,7 @@ class Planner:
         timings["total"] = _elapsed_ms(started)
         return PlanResult(
             plan=extracted.plan or "",
+            plan_problem=self.check_plan(extracted.plan or ""),
             model="large",
             backend=self.large.backend,
             model_name=self.large.model_name,

@@ -158,6 +158,19 @@ class PlanResponse(BaseModel):
         description="The plan in normalized Lispress: a space around every bracket and quote.",
         examples=[_EXAMPLE_PLAN],
     )
+    plan_valid: bool = Field(
+        description=(
+            "False when the plan parses but fails the plan check (it uses a function that "
+            "no bank example uses): it was delegated if possible, and is returned because "
+            "no better plan was available. Treat it with suspicion."
+        ),
+        examples=[True],
+    )
+    plan_problem: str | None = Field(
+        None,
+        description="Why the plan failed the plan check, when it did.",
+        examples=[None],
+    )
     model: Literal["small", "large"] = Field(
         description="Which model wrote the returned plan.", examples=["small"]
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.domain.dialogue import Example, Turn
-from app.domain.lispress import LispressError, normalize
+from app.domain.lispress import LispressError, function_names, normalize, parse
 
 __all__ = ["BankError", "example_to_json", "load_bank", "write_bank"]
 
@@ -202,3 +202,11 @@ def write_bank(path: str | os.PathLike[str], examples: Iterable[Example]) -> int
         temporary_path.unlink(missing_ok=True)
         raise
     return len(lines)
+
+
+def bank_functions(examples: Iterable[Example]) -> frozenset[str]:
+    """Collect the function names that the examples' plans use."""
+    names: set[str] = set()
+    for example in examples:
+        names |= function_names(parse(example.plan))
+    return frozenset(names)

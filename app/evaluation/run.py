@@ -28,8 +28,8 @@ from app.backends.errors import BackendError
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings
 from app.domain.dialogue import Turn
-from app.domain.example_bank import load_bank
-from app.domain.lispress import LispressError, function_names, normalize, parse
+from app.domain.example_bank import bank_functions, load_bank
+from app.domain.lispress import LispressError, normalize
 from app.domain.plan_output import extract_plan, logprob_confidence
 from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
@@ -196,7 +196,7 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
     examples = load_bank(bank_path)
     index = ExampleIndex(examples)
     shared = count_shared_dialogues([example.id for example in examples], turns)
-    known_functions = set().union(*(function_names(parse(example.plan)) for example in examples))
+    known_functions = set(bank_functions(examples))
 
     small = MeteredBackend(await build_small_backend(settings))
     large_backend = build_large_backend(settings)

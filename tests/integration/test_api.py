@@ -518,3 +518,39 @@ def test_client_disconnect_cancels_generation(ollama, capfd):
     # The scripted reply would arrive after 3 s: the cancellation came first.
     assert "client disconnected, plan generation cancelled" in logged
     assert "status=499" in logged
+
+
+UNKNOWN_FUNCTION_PLAN = "( Yield :output ( LaunchRocket :target ( CurrentUser ) ) )"
+
+
+def test_unknown_function_is_flagged(client, ollama):
+    ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
+
+    body = client.post("/api/inference/generate-plan", json={"utterance": "boss?"}).json()
+
+    assert body["plan"] == UNKNOWN_FUNCTION_PLAN
+    assert body["plan_valid"] is False
+    assert "LaunchRocket" in body["plan_problem"]
+    assert body["confidence"] == 0.0
+    assert body["confidence_source"] == "invalid_plan"
+    assert body["delegation"]["reason"] == "invalid_plan"
+    assert body["delegation"]["status"] == "unavailable"
+
+
+def test_known_functions_pass_check(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    body = client.post("/api/inference/generate-plan", json={"utterance": "boss?"}).json()
+
+    assert body["plan_valid"] is True
+    assert body["plan_problem"] is None
+
+
+def test_unknown_function_goes_to_large(ollama, bedrock):
+    ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
+
+    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=0.2)).json()
+
+    assert body["plan"] == LARGE_PLAN
+    assert body["plan_valid"] is True
+    assert body["small_plan"] == UNKNOWN_FUNCTION_PLAN

@@ -112,6 +112,8 @@ def _to_response(result: PlanResult) -> PlanResponse:
     return PlanResponse(
         request_id=request_id_var.get() or "",
         plan=result.plan,
+        plan_valid=result.plan_problem is None,
+        plan_problem=result.plan_problem,
         model=result.model,
         backend=result.backend,
         model_name=result.model_name,
