@@ -6,7 +6,6 @@ the call itself.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,8 +34,6 @@ from app.backends.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-
-logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "bedrock"
 
