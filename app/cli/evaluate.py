@@ -12,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--context-ablation",
+        action="store_true",
+        help=(
+            "also plan every turn with no earlier turns given, and report that exact match "
+            "beside the one with context, overall and for dependent and independent turns; "
+            "doubles the model calls"
+        ),
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar on stderr"
     )
     return parser
@@ -143,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             large_output=args.large_output_price_per_1k_tokens,
         ),
         show_progress=not args.no_progress,
+        context_ablation=args.context_ablation,
     )
     try:
         report = asyncio.run(run_evaluation(options, settings))
@@ -156,12 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"exact_match_small={_short(exact['small'])} exact_match_final={_short(exact['final'])} "
         f"delegation_rate={_short(report['delegation_rate'])} "
         f"floor_exact_match={_short(report['floor_exact_match'])}"
+        + _without_context_summary(report)
     )
     return 0
 
 
 def _short(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _without_context_summary(report: dict[str, Any]) -> str:
+    without_context = report["exact_match_without_context"]
+    if without_context is None:
+        return ""
+    return f" exact_match_final_without_context={_short(without_context['final'])}"
 
 
 if __name__ == "__main__":

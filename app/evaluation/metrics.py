@@ -31,6 +31,7 @@ __all__ = [
     "errors_caught",
     "estimate_tokens",
     "exact_match",
+    "exact_match_without_context",
     "is_dependent",
     "is_invalid_plan",
     "mean",
@@ -60,6 +61,27 @@ def is_dependent(gold: str) -> bool:
     """
     names = function_names(parse(gold))
     return any(name == "refer" or name.startswith("Revise") for name in names)
+
+
+def exact_match_without_context(
+    records: Sequence[dict[str, Any]],
+) -> dict[str, float | None] | None:
+    """Return exact match of the plans made with no dialogue context, overall and by dependency.
+
+    Returns None unless every record has `final_correct_without_context`, which
+    run.py writes only when the context ablation ran.
+    """
+    if not records or not all("final_correct_without_context" in record for record in records):
+        return None
+    return {
+        "final": mean(record["final_correct_without_context"] for record in records),
+        "dependent": mean(
+            record["final_correct_without_context"] for record in records if record["dependent"]
+        ),
+        "independent": mean(
+            record["final_correct_without_context"] for record in records if not record["dependent"]
+        ),
+    }
 
 
 def is_invalid_plan(plan: str | None, known_functions: set[str]) -> bool:
@@ -258,6 +280,7 @@ def summarize(
             )
             for kind, dependent in (("dependent", True), ("independent", False))
         },
+        "exact_match_without_context": exact_match_without_context(records),
         "turns_by_dependency": {
             "dependent": sum(record["dependent"] for record in records),
             "independent": sum(not record["dependent"] for record in records),

@@ -52,6 +52,12 @@ _METRIC_NOTES = (
     ),
 )
 
+_WITHOUT_CONTEXT_NOTE = (
+    "the same turns planned again by a second planner given no earlier turns, so the "
+    "gap to the rows with context is what the dialogue context adds. A failed turn counts "
+    "as wrong, and these calls are left out of the latency and cost."
+)
+
 
 def _figure(value: Any) -> str:
     if value is None:
@@ -96,6 +102,15 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     for kind, value in report["exact_match_by_dependency"].items():
         count = report["turns_by_dependency"][kind]
         lines.append(f"| exact match, {kind} turns ({count}) | {_figure(value)} |")
+    without_context = report["exact_match_without_context"]
+    if without_context is not None:
+        lines.append(
+            f"| exact match without context, final | {_figure(without_context['final'])} |"
+        )
+        for kind in ("dependent", "independent"):
+            count = report["turns_by_dependency"][kind]
+            value = _figure(without_context[kind])
+            lines.append(f"| exact match without context, {kind} turns ({count}) | {value} |")
     cost = report["cost_per_1000_requests_usd"]
     lines.append(f"| cost per 1,000 requests (USD) | {_figure(cost['total'])} |")
 
@@ -124,6 +139,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         ]
     lines += ["", "## What the figures mean", ""]
     lines += [f"- **{name}**: {note}" for name, note in _METRIC_NOTES]
+    if without_context is not None:
+        lines.append(f"- **without context**: {_WITHOUT_CONTEXT_NOTE}")
     lines += [
         "",
         "`tradeoff.png` plots final exact match against the share of turns delegated when "

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.api.schemas import CONTEXT_MAX_TURNS
-from app.backends.base import BackendStatus, ChatMessage, Completion, ModelBackend
+from app.backends.base import ModelBackend
 from app.backends.errors import BackendError
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings
@@ -34,6 +34,7 @@ from app.domain.plan_output import extract_plan, logprob_confidence
 from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
 from app.evaluation import metrics
+from app.evaluation.metering import MeteredBackend, MeteredCall
 from app.evaluation.report import write_outputs
 from app.main import build_planner
 from app.planner import Planner, PlanResult, PlanUnavailableError
@@ -70,39 +71,7 @@ class EvaluationOptions:
     plan_format: PlanFormat = "v1"
     prices: metrics.TokenPrices = metrics.DEFAULT_TOKEN_PRICES
     show_progress: bool = True
-
-
-@dataclass
-class _Call:
-    prompt_chars: int
-    completion: Completion | None = None
-
-
-class MeteredBackend:
-    """A ModelBackend wrapper that records every call's prompt size and completion."""
-
-    def __init__(self, inner: ModelBackend) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.model_name = inner.model_name
-        self.calls: list[_Call] = []
-
-    async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int) -> Completion:
-        call = _Call(prompt_chars=sum(len(message.content) for message in messages))
-        self.calls.append(call)
-        call.completion = await self.inner.complete(messages, max_tokens=max_tokens)
-        return call.completion
-
-    async def probe(self) -> BackendStatus:
-        return await self.inner.probe()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def take_calls(self) -> list[_Call]:
-        """Return the calls since the last take, failed ones included, and forget them."""
-        calls, self.calls = self.calls, []
-        return calls
+    context_ablation: bool = False
 
 
 def read_dialogues(path: Path, plan_format: PlanFormat) -> list[list[EvalTurn]]:
@@ -204,7 +173,14 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
     try:
         await _check_small_ready(small)
         planner = build_planner(settings, index, small, large)
-        records = await _evaluate_turns(planner, small, large, turns, known_functions, options)
+        # The ablation gets its own planner, so its confidences never reach the delegation
+        # policy of the with-context run, which then decides as in a run without it.
+        ablation_planner = (
+            build_planner(settings, index, small, large) if options.context_ablation else None
+        )
+        records = await _evaluate_turns(
+            planner, ablation_planner, small, large, turns, known_functions, options
+        )
     finally:
         await small.aclose()
         if large is not None:
@@ -246,6 +222,7 @@ async def _check_small_ready(small: ModelBackend) -> None:
 
 async def _evaluate_turns(
     planner: Planner,
+    ablation_planner: Planner | None,
     small: MeteredBackend,
     large: MeteredBackend | None,
     turns: Sequence[EvalTurn],
@@ -259,6 +236,8 @@ async def _evaluate_turns(
     with logging_redirect_tqdm():
         for turn in progress:
             record = await _evaluate_turn(planner, small, large, turn, known_functions)
+            if ablation_planner is not None:
+                record.update(await _evaluate_without_context(ablation_planner, small, large, turn))
             records.append(record)
             correct += record["final_correct"]
             progress.set_postfix(exact_match=f"{correct / len(records):.3f}")
@@ -318,12 +297,37 @@ async def _evaluate_turn(
     return record
 
 
-def _answered(calls: list[_Call]) -> list[_Call]:
+async def _evaluate_without_context(
+    planner: Planner, small: MeteredBackend, large: MeteredBackend | None, turn: EvalTurn
+) -> dict[str, Any]:
+    """Plan the turn again with no earlier turns. A failure counts as a wrong plan."""
+    plan: str | None = None
+    try:
+        plan = (await planner.generate(turn.utterance, ())).plan
+    except (PlanUnavailableError, BackendError) as failure:
+        logger.warning(
+            "turn failed without context dialogue_id=%s turn_index=%d error=%s",
+            turn.dialogue_id,
+            turn.turn_index,
+            failure,
+        )
+    finally:
+        # The ablation's calls are left out of the token counts and the cost.
+        small.take_calls()
+        if large is not None:
+            large.take_calls()
+    return {
+        "final_plan_without_context": plan,
+        "final_correct_without_context": metrics.exact_match(plan, turn.gold),
+    }
+
+
+def _answered(calls: list[MeteredCall]) -> list[MeteredCall]:
     return [call for call in calls if call.completion is not None]
 
 
 def _small_fields(
-    result: PlanResult | None, calls: list[_Call], retrieval_similarity: float
+    result: PlanResult | None, calls: list[MeteredCall], retrieval_similarity: float
 ) -> dict[str, Any]:
     if result is not None and result.decision is not None:
         return {
@@ -368,7 +372,7 @@ def _small_fields(
     }
 
 
-def _final_fields(result: PlanResult | None, large_calls: list[_Call]) -> dict[str, Any]:
+def _final_fields(result: PlanResult | None, large_calls: list[MeteredCall]) -> dict[str, Any]:
     if result is None:
         return {
             "final_plan": None,
@@ -385,7 +389,7 @@ def _final_fields(result: PlanResult | None, large_calls: list[_Call]) -> dict[s
 
 
 def _token_fields(
-    small_calls: list[_Call], large_calls: list[_Call], delegated: bool, gold: str
+    small_calls: list[MeteredCall], large_calls: list[MeteredCall], delegated: bool, gold: str
 ) -> dict[str, Any]:
     small_tokens, small_basis = _call_tokens(small_calls)
     large_input, large_output, large_basis = 0, 0, "none"
@@ -409,7 +413,7 @@ def _token_fields(
     }
 
 
-def _call_tokens(calls: list[_Call]) -> tuple[int, str]:
+def _call_tokens(calls: list[MeteredCall]) -> tuple[int, str]:
     if not calls:
         return 0, "none"
     counted = [_completion_tokens(call) for call in calls]
@@ -417,7 +421,7 @@ def _call_tokens(calls: list[_Call]) -> tuple[int, str]:
     return sum(prompt + output for prompt, output, _ in counted), basis
 
 
-def _completion_tokens(call: _Call) -> tuple[int, int, bool]:
+def _completion_tokens(call: MeteredCall) -> tuple[int, int, bool]:
     """Return prompt and output tokens of one call, and whether the backend reported both."""
     completion = call.completion
     prompt = completion.input_tokens if completion else None

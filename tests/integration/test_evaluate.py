@@ -210,6 +210,115 @@ def test_context_has_previous_turns(report, ollama):
     assert "Assistant replied: reply 0" in last_prompt
 
 
+GOLD = {utterance: gold for turns in DIALOGUES.values() for utterance, gold, _, _, _ in turns}
+
+
+def context_sensitive_reply(request: dict[str, Any]) -> ScriptedReply:
+    """Reply with the gold plan only when the prompt gives earlier turns.
+
+    "Who's my boss?" needs no context and is always right. Without context,
+    "Is it going to be windy?" gets no plan at all, so that turn fails.
+    """
+    prompt = request["messages"][-1]["content"]
+    utterance = prompt.rsplit("Request: ", 1)[-1]
+    if "Previous request:" in prompt or utterance == "Who's my boss?":
+        return ScriptedReply(content=spaced(GOLD[utterance]), default_logprob=math.log(0.9))
+    if utterance == "Is it going to be windy?":
+        return ScriptedReply(content="not a plan at all", default_logprob=math.log(0.9))
+    return ScriptedReply(content=spaced(REPORTS), default_logprob=math.log(0.4))
+
+
+def read_turns(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "turns.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def ablation_out(ollama, data_path: Path, tmp_path: Path) -> Path:
+    ollama.set_responder(context_sensitive_reply)
+    out = tmp_path / "ablation"
+    assert run_cli("--data", str(data_path), "--out", str(out), "--context-ablation") == 0
+    return out
+
+
+def test_ablation_exact_match(ablation_out):
+    report = json.loads((ablation_out / "report.json").read_text(encoding="utf-8"))
+
+    # With context: every turn but "What is the weather like in Denver today?", the
+    # first of its dialogue. Without context: only "Who's my boss?".
+    assert report["exact_match"]["final"] == pytest.approx(0.8)
+    assert report["exact_match_by_dependency"]["dependent"] == pytest.approx(1.0)
+    assert report["exact_match_by_dependency"]["independent"] == pytest.approx(2 / 3)
+    assert report["exact_match_without_context"]["final"] == pytest.approx(0.2)
+    assert report["exact_match_without_context"]["dependent"] == pytest.approx(0.0)
+    assert report["exact_match_without_context"]["independent"] == pytest.approx(1 / 3)
+
+
+def test_ablation_doubles_model_calls(ablation_out, ollama):
+    prompts = [
+        request.body["messages"][-1]["content"] for request in ollama.requests_to("/api/chat")
+    ]
+
+    assert len(prompts) == 10
+    assert sum("Previous request:" in prompt for prompt in prompts) == 3
+
+
+def test_ablation_turn_records(ablation_out):
+    turns = {turn["utterance"]: turn for turn in read_turns(ablation_out)}
+    boss, windy = turns["Who's my boss?"], turns["Is it going to be windy?"]
+
+    assert boss["final_correct_without_context"] is True
+    assert windy["final_plan_without_context"] is None
+    assert windy["final_correct_without_context"] is False
+    assert windy["final_correct"] is True
+    assert windy["error"] is None
+
+
+def test_ablation_report_markdown(ablation_out):
+    markdown = (ablation_out / "report.md").read_text(encoding="utf-8")
+
+    assert "| exact match without context, final | 0.200 |" in markdown
+    assert "| exact match without context, dependent turns (2) | 0.000 |" in markdown
+    assert "- **without context**:" in markdown
+
+
+def test_ablation_leaves_main_run_alone(ollama, data_path, tmp_path, monkeypatch):
+    # After one sample the policy uses the percentile, so a policy that also saw the
+    # ablation's low confidences would decide differently.
+    monkeypatch.setenv("DELEGATION_MIN_SAMPLES", "1")
+    ollama.set_responder(context_sensitive_reply)
+    runs = {}
+    for name, flags in (("plain", []), ("ablation", ["--context-ablation"])):
+        out = tmp_path / name
+        assert run_cli("--data", str(data_path), "--out", str(out), *flags) == 0
+        runs[name] = (json.loads((out / "report.json").read_text()), read_turns(out))
+    plain_report, plain_turns = runs["plain"]
+    ablation_report, ablation_turns = runs["ablation"]
+
+    assert [turn["decision"] for turn in ablation_turns] == [
+        turn["decision"] for turn in plain_turns
+    ]
+    assert [turn["final_plan"] for turn in ablation_turns] == [
+        turn["final_plan"] for turn in plain_turns
+    ]
+    assert [turn["tokens"] for turn in ablation_turns] == [turn["tokens"] for turn in plain_turns]
+    assert ablation_report["exact_match"] == plain_report["exact_match"]
+    assert ablation_report["delegation_rate"] == plain_report["delegation_rate"]
+    assert (
+        ablation_report["cost_per_1000_requests_usd"] == plain_report["cost_per_1000_requests_usd"]
+    )
+
+
+def test_no_ablation_by_default(report, tmp_path):
+    out = tmp_path / "out"
+    turns = read_turns(out)
+
+    assert report["exact_match_without_context"] is None
+    assert not any("final_plan_without_context" in turn for turn in turns)
+    assert not any("final_correct_without_context" in turn for turn in turns)
+    assert "without context" not in (out / "report.md").read_text(encoding="utf-8")
+
+
 def test_rejects_data_as_bank(ollama, data_path, tmp_path, capsys):
     status = run_cli("--data", str(data_path), "--bank", str(data_path), "--out", str(tmp_path))
 

@@ -15,6 +15,7 @@ from app.evaluation.metrics import (
     errors_caught,
     estimate_tokens,
     exact_match,
+    exact_match_without_context,
     is_dependent,
     is_invalid_plan,
     percentile,
@@ -109,6 +110,43 @@ def test_dependent_revise():
 
 def test_independent_plan():
     assert not is_dependent(MANAGER)
+
+
+def ablation_record(dependent: bool, correct: bool) -> dict[str, bool]:
+    return {"dependent": dependent, "final_correct_without_context": correct}
+
+
+def test_without_context_by_dependency():
+    records = [
+        ablation_record(dependent=True, correct=False),
+        ablation_record(dependent=True, correct=True),
+        ablation_record(dependent=False, correct=True),
+        ablation_record(dependent=False, correct=True),
+        ablation_record(dependent=False, correct=False),
+    ]
+
+    figures = exact_match_without_context(records)
+
+    assert figures is not None
+    assert figures["final"] == pytest.approx(3 / 5)
+    assert figures["dependent"] == pytest.approx(1 / 2)
+    assert figures["independent"] == pytest.approx(2 / 3)
+
+
+def test_without_context_no_dependent_turns():
+    figures = exact_match_without_context([ablation_record(dependent=False, correct=True)])
+
+    assert figures is not None
+    assert figures["dependent"] is None
+    assert figures["independent"] == 1.0
+
+
+def test_without_context_absent_without_ablation():
+    assert exact_match_without_context([{"dependent": True, "final_correct": True}]) is None
+
+
+def test_without_context_no_turns():
+    assert exact_match_without_context([]) is None
 
 
 def test_invalid_plan_unknown_function():
