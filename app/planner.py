@@ -225,8 +225,8 @@ class Planner:
         unknown = sorted(function_names(parse(plan)) - self.known_functions)
         if not unknown:
             return None
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        return f"the plan uses functions that no bank example uses: {shown}"
+        listed = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        return f"the plan uses functions that no bank example uses: {listed}"
 
     async def _delegate(self, result: PlanResult, messages: list) -> None:
         """Ask the large model. On failure, keep the small plan and record the error."""

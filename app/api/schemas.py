@@ -132,7 +132,7 @@ class DelegationInfo(BaseModel):
     )
     error: str | None = Field(
         None,
-        description="Why the large model could not answer, when it could not.",
+        description="Why the large model returned no plan, when it did not.",
         examples=[None],
     )
 
@@ -228,7 +228,7 @@ class BackendReadiness(BaseModel):
 
 
 class ReadinessResponse(BaseModel):
-    """Whether the service can answer, and the state of each backend."""
+    """Readiness of the service and the state of each backend."""
 
     ready: bool
     backends: list[BackendReadiness]

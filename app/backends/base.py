@@ -21,7 +21,7 @@ class ChatMessage:
 class Completion:
     """What a backend generated for one prompt.
 
-    `token_logprobs` holds the natural-log probability of each generated token,
+    `token_logprobs` contains the natural-log probability of each generated token,
     in order, when the backend reports them, and is None otherwise.
     """
 
@@ -58,7 +58,7 @@ class ModelBackend(Protocol):
         ...
 
     async def probe(self) -> BackendStatus:
-        """Check, cheaply, that the backend can answer now."""
+        """Check, cheaply, that the backend can serve requests now."""
         ...
 
     async def aclose(self) -> None:

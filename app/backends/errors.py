@@ -6,7 +6,7 @@ from __future__ import annotations
 class BackendError(Exception):
     """A model backend failed to produce a completion."""
 
-    # The HTTP status the API answers with when nothing can stand in for this backend.
+    # The HTTP status the API returns when no other backend can replace this one.
     status_code = 502
 
     def __init__(self, backend: str, message: str) -> None:
@@ -22,7 +22,7 @@ class BackendUnavailable(BackendError):
 
 
 class BackendTimeout(BackendError):
-    """The backend did not answer within the configured timeout."""
+    """The backend did not respond within the configured timeout."""
 
     status_code = 504
 
@@ -34,7 +34,7 @@ class BackendThrottled(BackendError):
 
 
 class BackendResponseError(BackendError):
-    """The backend answered with a server error or a response that cannot be used."""
+    """The backend returned a server error or a response that cannot be used."""
 
     status_code = 502
 

@@ -23,7 +23,7 @@ class DelegationReason(StrEnum):
 
     LOW_CONFIDENCE = "low_confidence"  # at or below the threshold, within budget
     INVALID_PLAN = "invalid_plan"  # the small plan is unusable, whatever the budget
-    ABOVE_THRESHOLD = "above_threshold"  # confident enough: the small plan stands
+    ABOVE_THRESHOLD = "above_threshold"  # confident enough: the small plan is returned
     BUDGET_EXHAUSTED = "budget_exhausted"  # low confidence, but the budget is spent
 
 
@@ -32,7 +32,7 @@ class DelegationConfig:
     """The policy's parameters.
 
     `window_size` confidences and `ratio_window` decisions are kept. Until
-    `min_samples` confidences are seen, `warmup_threshold` stands in for the
+    `min_samples` confidences are seen, `warmup_threshold` replaces the
     percentile, which is meaningless on a handful of values.
     """
 
@@ -89,7 +89,7 @@ class DelegationPolicy:
         The threshold comes from the confidences seen before this one, so a
         request never sits inside its own percentile. An invalid plan is
         delegated whatever the threshold and the budget, because returning it
-        helps nobody; it still counts towards the ratio.
+        is of no use. It still counts towards the ratio.
         """
         confidence = _checked(confidence)
         with self._lock:
