@@ -33,6 +33,19 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoredCompletion:
+    """A completion, and the log probabilities the model gives each candidate reply.
+
+    `candidate_logprobs[i]` holds the natural-log probability of each token of
+    candidate i followed by the end of the reply, or None when the candidate
+    does not fit in the context window.
+    """
+
+    completion: Completion
+    candidate_logprobs: tuple[tuple[float, ...] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     """The result of a readiness probe."""
 
@@ -63,4 +76,22 @@ class ModelBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections, threads and loaded models."""
+        ...
+
+
+@runtime_checkable
+class CandidateScorer(Protocol):
+    """A backend that can also say how likely it finds given replies to the same prompt.
+
+    Only a model that runs in-process offers this: a server API such as Ollama's
+    returns log probabilities of generated tokens only.
+    """
+
+    async def complete_and_score(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, candidates: Sequence[str]
+    ) -> ScoredCompletion:
+        """Generate a reply to `messages`, then score each candidate reply to the same prompt.
+
+        Raises a BackendError subclass on any failure, like complete().
+        """
         ...

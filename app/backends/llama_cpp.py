@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from app.backends.base import BackendStatus, ChatMessage, Completion
+from app.backends.base import BackendStatus, ChatMessage, Completion, ScoredCompletion
 from app.backends.errors import (
     BackendError,
     BackendResponseError,
@@ -151,6 +151,7 @@ class _Generation:
     stop_reason: StopReason
     prompt_s: float
     generation_s: float
+    candidate_logprobs: tuple[tuple[float, ...] | None, ...] = ()
 
 
 class LlamaCppBackend:
@@ -242,6 +243,24 @@ class LlamaCppBackend:
         BackendResponseError when the prompt and max_tokens do not fit in the
         context window, and BackendUnavailable after aclose().
         """
+        return self._completion(await self._run_job(messages, max_tokens, ()))
+
+    async def complete_and_score(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, candidates: Sequence[str]
+    ) -> ScoredCompletion:
+        """Generate as complete() does, then score each candidate reply to the same prompt.
+
+        The prompt is evaluated once for all of them. Each candidate is tokenized
+        as plain text, followed by the model's end-of-turn token, and scored
+        with the model's distribution before any grammar. A candidate that does
+        not fit in the context window after the prompt gets None.
+        """
+        generation = await self._run_job(messages, max_tokens, tuple(candidates))
+        return ScoredCompletion(self._completion(generation), generation.candidate_logprobs)
+
+    async def _run_job(
+        self, messages: Sequence[ChatMessage], max_tokens: int, candidates: tuple[str, ...]
+    ) -> _Generation:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         if self._closed:
@@ -253,7 +272,7 @@ class LlamaCppBackend:
         loop = asyncio.get_running_loop()
         try:
             job = loop.run_in_executor(
-                self._executor, self._generate, messages, max_tokens, stop, deadline
+                self._executor, self._generate, messages, max_tokens, candidates, stop, deadline
             )
             async with asyncio.timeout(self.timeout_s):
                 generation = await job
@@ -268,7 +287,7 @@ class LlamaCppBackend:
             if self._closed:
                 raise BackendUnavailable(self.backend, f"model {self.model_name} is closed")
             raise self._timeout_error()
-        return self._completion(generation)
+        return generation
 
     async def probe(self) -> BackendStatus:
         """Report ready from construction, which loads the model, until aclose()."""
@@ -343,6 +362,7 @@ class LlamaCppBackend:
         self,
         messages: Sequence[ChatMessage],
         max_tokens: int,
+        candidates: tuple[str, ...],
         stop: threading.Event,
         deadline: float,
     ) -> _Generation:
@@ -354,7 +374,7 @@ class LlamaCppBackend:
         try:
             prompt_tokens = self._prompt_tokens(messages)
             self._check_fits(len(prompt_tokens), max_tokens)
-            return self._run_generation(prompt_tokens, max_tokens, should_stop)
+            return self._run_generation(prompt_tokens, max_tokens, candidates, should_stop)
         except BackendError:
             raise
         except Exception as error:
@@ -367,7 +387,11 @@ class LlamaCppBackend:
             ) from error
 
     def _run_generation(
-        self, prompt_tokens: list[int], max_tokens: int, should_stop: Callable[[], bool]
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        candidates: tuple[str, ...],
+        should_stop: Callable[[], bool],
     ) -> _Generation:
         started = time.perf_counter()
         if not self._evaluate_prompt(prompt_tokens, should_stop):
@@ -381,9 +405,20 @@ class LlamaCppBackend:
             )
 
         prompt_done = time.perf_counter()
+        # Copied because decoding overwrites the buffer; the first candidate token needs it.
+        prompt_logits = self._last_logits().copy() if candidates else None
         tokens, logprobs, stop_reason = self._decode(max_tokens, should_stop)
         # Detokenized here because aclose() may free the model as soon as this thread is free.
         text = self._llama.detokenize(tokens).decode("utf-8", errors="replace")
+        scores: tuple[tuple[float, ...] | None, ...] = ()
+        if prompt_logits is not None and stop_reason != "timeout":
+            scored = self._score_candidates(
+                len(prompt_tokens), prompt_logits, candidates, should_stop
+            )
+            if scored is None:
+                stop_reason = "timeout"
+            else:
+                scores = scored
         return _Generation(
             input_tokens=len(prompt_tokens),
             text=text,
@@ -391,7 +426,55 @@ class LlamaCppBackend:
             stop_reason=stop_reason,
             prompt_s=prompt_done - started,
             generation_s=time.perf_counter() - prompt_done,
+            candidate_logprobs=scores,
         )
+
+    def _score_candidates(
+        self,
+        prompt_length: int,
+        prompt_logits: npt.NDArray[np.float32],
+        candidates: tuple[str, ...],
+        should_stop: Callable[[], bool],
+    ) -> tuple[tuple[float, ...] | None, ...] | None:
+        """Score each candidate after the prompt in the KV cache; None when stopped."""
+        end_token = llama_capi.llama_vocab_eot(self._vocab)
+        if end_token < 0:
+            end_token = self._llama.token_eos()
+        scores: list[tuple[float, ...] | None] = []
+        for candidate in candidates:
+            if should_stop():
+                return None
+            tokens = [*_tokenize(self._llama, candidate, special=False), end_token]
+            if prompt_length + len(tokens) > self.n_ctx:
+                scores.append(None)
+                continue
+            scores.append(self._score_tokens(prompt_length, prompt_logits, tokens))
+        return tuple(scores)
+
+    def _score_tokens(
+        self, prompt_length: int, prompt_logits: npt.NDArray[np.float32], tokens: list[int]
+    ) -> tuple[float, ...]:
+        """Return the log probability of each of `tokens` placed right after the prompt.
+
+        The tokens are evaluated in batches that return the logits of every
+        position, and removed from the KV cache again before the next candidate.
+        """
+        context = self._llama.ctx
+        batch = self._llama._batch  # noqa: SLF001 (the batch sized for this context)
+        self._llama._ctx.kv_cache_seq_rm(0, prompt_length, -1)  # noqa: SLF001
+        logprobs = [_logprob(prompt_logits, tokens[0])]
+        # The last token's own logits predict nothing that is scored.
+        inputs = tokens[:-1]
+        for start in range(0, len(inputs), PROMPT_BATCH_TOKENS):
+            chunk = inputs[start : start + PROMPT_BATCH_TOKENS]
+            batch.set_batch(chunk, n_past=prompt_length + start, logits_all=True)
+            self._llama._ctx.decode(batch)  # noqa: SLF001
+            for row, next_token in enumerate(tokens[start + 1 : start + 1 + len(chunk)]):
+                pointer = llama_capi.llama_get_logits_ith(context, row)
+                logits = np.ctypeslib.as_array(pointer, shape=(self._llama.n_vocab(),))
+                logprobs.append(_logprob(logits, next_token))
+        self._llama._ctx.kv_cache_seq_rm(0, prompt_length, -1)  # noqa: SLF001
+        return tuple(logprobs)
 
     def _evaluate_prompt(self, prompt_tokens: list[int], should_stop: Callable[[], bool]) -> bool:
         """Evaluate the prompt batch by batch; return False when stopped before the end."""

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.backends.base import BackendStatus, ChatMessage, Completion, ModelBackend
+from app.backends.base import (
+    BackendStatus,
+    CandidateScorer,
+    ChatMessage,
+    Completion,
+    ModelBackend,
+    ScoredCompletion,
+)
 
-__all__ = ["MeteredBackend", "MeteredCall"]
+__all__ = ["MeteredBackend", "MeteredCall", "MeteredScoringBackend", "metered"]
 
 
 @dataclass
@@ -43,3 +50,31 @@ class MeteredBackend:
         """Return the calls since the last take, failed ones included, and forget them."""
         calls, self.calls = self.calls, []
         return calls
+
+
+class MeteredScoringBackend(MeteredBackend):
+    """A MeteredBackend for a backend that also scores candidate replies."""
+
+    def __init__(self, inner: ModelBackend) -> None:
+        if not isinstance(inner, CandidateScorer):
+            raise TypeError(f"{type(inner).__name__} cannot score candidates")
+        super().__init__(inner)
+        self.scorer = inner
+
+    async def complete_and_score(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, candidates: Sequence[str]
+    ) -> ScoredCompletion:
+        call = MeteredCall(prompt_chars=sum(len(message.content) for message in messages))
+        self.calls.append(call)
+        scored = await self.scorer.complete_and_score(
+            messages, max_tokens=max_tokens, candidates=candidates
+        )
+        call.completion = scored.completion
+        return scored
+
+
+def metered(inner: ModelBackend) -> MeteredBackend:
+    """Wrap a backend in the meter that offers the same capabilities."""
+    if isinstance(inner, CandidateScorer):
+        return MeteredScoringBackend(inner)
+    return MeteredBackend(inner)

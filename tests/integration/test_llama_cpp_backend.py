@@ -188,6 +188,45 @@ async def test_logprobs_match_logits_all(
     assert np.allclose(completion.token_logprobs, logprobs, rtol=0.0, atol=1e-4)
 
 
+async def test_scored_candidates_match_generation(backend: LlamaCppBackend) -> None:
+    """Scoring the greedy reply gives the log probabilities of generating it, and one more.
+
+    The extra value is the end-of-turn token. Batching moves logits slightly (see
+    above), so the comparison allows 0.15 nats.
+    """
+    completion = await backend.complete(PLAN_REQUEST, max_tokens=48)
+    wrong = "( Yield :output ( WeatherQueryApi ) )"
+
+    scored = await backend.complete_and_score(
+        PLAN_REQUEST, max_tokens=48, candidates=[completion.text, wrong]
+    )
+
+    assert scored.completion.text == completion.text
+    own, other = scored.candidate_logprobs
+    assert own is not None and other is not None
+    assert completion.token_logprobs is not None
+    assert len(own) == len(completion.token_logprobs) + 1
+    assert np.allclose(own[:-1], completion.token_logprobs, rtol=0.0, atol=0.15)
+    assert np.mean(own) > np.mean(other)
+
+
+async def test_scoring_leaves_next_request_unchanged(backend: LlamaCppBackend) -> None:
+    before = await backend.complete(GREETING, max_tokens=16)
+
+    await backend.complete_and_score(PLAN_REQUEST, max_tokens=8, candidates=["( A )", "( B )"])
+    after = await backend.complete(GREETING, max_tokens=16)
+
+    assert after == before
+
+
+async def test_candidate_beyond_context_scores_none(backend: LlamaCppBackend) -> None:
+    too_long = "( A " + "x " * CONTEXT_TOKENS + ")"
+
+    scored = await backend.complete_and_score(GREETING, max_tokens=4, candidates=[too_long])
+
+    assert scored.candidate_logprobs == (None,)
+
+
 async def test_event_loop_not_blocked(backend: LlamaCppBackend) -> None:
     ticks: list[float] = []
 
