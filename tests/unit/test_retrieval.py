@@ -1,6 +1,6 @@
 import pytest
 
-from app.domain.dialogue import Example
+from app.domain.dialogue import Example, Turn
 from app.domain.retrieval import ExampleIndex, word_tokens
 
 EXAMPLES = [
@@ -77,3 +77,45 @@ def test_large_bank_finds_planted_example():
 
     assert results[0].example.id == "planted"
     assert len(results) == 8
+
+
+def test_previous_turn_ranks_equal_utterances():
+    examples = [
+        Example(
+            "yes-create", "yes", "( Create )", Turn("book lunch", None, "Does this look good?")
+        ),
+        Example(
+            "yes-delete", "yes", "( Delete )", Turn("cancel my sync", None, "Delete this one?")
+        ),
+        Example("yes-alone", "yes", "( Thanks )"),
+    ]
+    index = ExampleIndex(examples)
+
+    after_delete = index.search("Yes", 3, Turn("please cancel the sync", None, "Delete this one?"))
+    without_context = index.search("Yes", 3)
+
+    assert after_delete[0].example.id == "yes-delete"
+    assert after_delete[0].context_similarity > after_delete[1].context_similarity
+    assert without_context[0].example.id == "yes-alone"
+    assert [result.similarity for result in after_delete] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_context_never_outweighs_a_clearly_better_utterance():
+    examples = [
+        Example("weather", "what is the weather tomorrow", "( Weather )"),
+        Example(
+            "other", "what is on tomorrow", "( Find )", Turn("what is the weather", None, "Sunny")
+        ),
+    ]
+
+    results = ExampleIndex(examples).search(
+        "what is the weather tomorrow", 2, Turn("what is the weather", None, "Sunny")
+    )
+
+    assert results[0].example.id == "weather"
+
+
+def test_search_utterances_ignores_context():
+    index = ExampleIndex(EXAMPLES)
+
+    assert [r.example.id for r in index.search_utterances("who is my manager", 1)] == ["manager"]
