@@ -15,6 +15,7 @@ from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
+from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.example_bank import bank_functions, load_bank
 from app.domain.retrieval import ExampleIndex
@@ -23,33 +24,69 @@ from app.planner import Planner
 logger = logging.getLogger(__name__)
 
 
-def build_policy(settings: Settings) -> DelegationPolicy:
-    """Create the delegation policy from the settings."""
-    return DelegationPolicy(
-        DelegationConfig(
-            window_size=settings.delegation_window_size,
-            percentile=settings.delegation_percentile,
-            max_ratio=settings.delegation_max_ratio,
-            ratio_window=settings.delegation_ratio_window,
-            min_samples=settings.delegation_min_samples,
-            warmup_threshold=settings.delegation_warmup_threshold,
-        )
+def build_policy(settings: Settings, calibration: Calibration | None = None) -> DelegationPolicy:
+    """Create the delegation policy; a calibration's confidence sample warms up its window."""
+    config = DelegationConfig(
+        window_size=settings.delegation_window_size,
+        percentile=settings.delegation_percentile,
+        max_ratio=settings.delegation_max_ratio,
+        ratio_window=settings.delegation_ratio_window,
+        min_samples=settings.delegation_min_samples,
+        warmup_threshold=settings.delegation_warmup_threshold,
     )
+    sample = list(calibration.confidence_sample) if calibration else []
+    # The latest values last, as if they had just been seen.
+    return DelegationPolicy(config, seed_confidences=sample[-settings.delegation_window_size :])
+
+
+def load_configured_calibration(settings: Settings, small: ModelBackend) -> Calibration | None:
+    """Load CALIBRATION_PATH, if set; raise CalibrationError when the file is unusable.
+
+    A calibration fitted with another small model still loads, with a warning,
+    because its figures then describe a different model.
+    """
+    if settings.calibration_path is None:
+        return None
+    calibration = load_calibration(settings.calibration_path)
+    fitted_model = calibration.fitted_on.get("small_model")
+    if fitted_model and fitted_model != small.model_name:
+        logger.warning(
+            "calibration was fitted with another small model version=%s fitted_model=%s "
+            "model=%s: its confidences may be off; run plan-calibrate again",
+            calibration.version,
+            fitted_model,
+            small.model_name,
+        )
+    logger.info(
+        "calibration loaded path=%s version=%s confidence_sample=%d",
+        settings.calibration_path,
+        calibration.version,
+        len(calibration.confidence_sample),
+    )
+    return calibration
 
 
 def build_planner(
-    settings: Settings, index: ExampleIndex, small: ModelBackend, large: ModelBackend | None
+    settings: Settings,
+    index: ExampleIndex,
+    small: ModelBackend,
+    large: ModelBackend | None,
+    calibration: Calibration | None = None,
 ) -> Planner:
     """Create the planner the service uses, from the settings and started backends."""
     return Planner(
         index=index,
         small=small,
         large=large,
-        policy=build_policy(settings),
+        policy=build_policy(settings, calibration),
         few_shot_k=settings.few_shot_k,
         small_max_tokens=settings.small_model_max_tokens,
+        small_context_turns=settings.small_model_context_turns,
         large_max_tokens=settings.large_model_max_tokens,
         known_functions=bank_functions(index.examples),
+        bank_answer_similarity=settings.bank_answer_similarity,
+        candidate_count=settings.candidate_count,
+        calibration=calibration,
     )
 
 
@@ -101,8 +138,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             large.model_name if large else "-",
         )
         await _log_backend_status(small, large)
+        try:
+            calibration = load_configured_calibration(settings, small)
+        except CalibrationError:
+            await small.aclose()
+            if large is not None:
+                await large.aclose()
+            raise
         app.state.settings = settings
-        app.state.planner = build_planner(settings, index, small, large)
+        app.state.planner = build_planner(settings, index, small, large, calibration)
         try:
             yield
         finally:

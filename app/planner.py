@@ -1,5 +1,13 @@
 """The plan pipeline: retrieve examples, ask the small model, decide, maybe delegate.
 
+The first answer comes from one of two places. The nearest examples' plans,
+with the request's names and numbers carried over, vote. When the nearest
+example is similar enough, the top-voted plan is the first answer and no model
+runs. Otherwise the small model writes a plan. A model that can score replies
+(the embedded one) also scores the top-voted plans, and the likeliest plan
+wins. The delegation policy then decides, from the confidence of the first
+answer, whether the large model should replace it.
+
 This module ties the domain code to the model backends through their common
 interface. It imports no web framework and no vendor SDK.
 """
@@ -7,24 +15,35 @@ interface. It imports no web framework and no vendor SDK.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from app.backends.base import Completion, ModelBackend
+from app.backends.base import CandidateScorer, Completion, ModelBackend
 from app.backends.errors import BackendError, PromptTooLongError
+from app.domain.adaptation import adapt_plan
+from app.domain.calibration import Calibration
 from app.domain.delegation import DelegationDecision, DelegationPolicy
 from app.domain.dialogue import Turn
-from app.domain.lispress import function_names, parse
-from app.domain.plan_output import ExtractedPlan, extract_plan, logprob_confidence
+from app.domain.lispress import function_names, parse, tokenize
+from app.domain.plan_output import ExtractedPlan, extract_plan
 from app.domain.prompts import build_messages
 from app.domain.retrieval import ExampleIndex, ScoredExample
 
 logger = logging.getLogger(__name__)
 
-ConfidenceSource = Literal["logprobs", "retrieval", "invalid_plan"]
+ConfidenceSource = Literal["calibrated", "logprobs", "retrieval", "invalid_plan"]
 DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
+# generated: the small model wrote the plan. ranked_example: the small model found an
+# example's adapted plan likelier than its own. bank_answer: the nearest example was
+# practically the request, and no model ran. large_model: the large model wrote it.
+# nearest_example: the small model's plan was unusable and could not rank the examples'
+# plans, so the nearest example's adapted plan is returned in its place.
+PlanOrigin = Literal["generated", "ranked_example", "nearest_example", "bank_answer", "large_model"]
+BANK_BACKEND = "example-bank"
 
 
 class PlanUnavailableError(Exception):
@@ -42,7 +61,7 @@ class PlanResult:
     """The outcome of one answered request, with the inputs of each decision."""
 
     plan: str
-    model: Literal["small", "large"]
+    model: Literal["small", "bank", "large"]
     backend: str
     model_name: str
     confidence: float | None
@@ -59,19 +78,64 @@ class PlanResult:
     signals: dict[str, float | None] = field(default_factory=dict)
     # Set when the returned plan parses but fails the plan check.
     plan_problem: str | None = None
+    origin: PlanOrigin = "generated"
+    first_origin: PlanOrigin = "generated"  # the origin before any delegation
+    origin_example_id: str | None = None  # the example whose plan was adapted, if any
+    generated_plan: str | None = None  # the small model's own plan, when it wrote one
+    generated_problem: str | None = None  # why that plan failed the plan check, if it did
+    features: dict[str, float] = field(default_factory=dict)
+    calibration_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class _SmallAnswer:
-    extracted: ExtractedPlan
+class Candidate:
+    """A plan that may answer the request, and how likely the small model finds it.
+
+    `vote` is the plan's share of the nearest examples' weight (see
+    `vote_for_plans`); 0 for a plan no example has.
+    """
+
+    plan: str
+    origin: PlanOrigin
+    example_id: str | None = None
+    logprobs: tuple[float, ...] | None = None
+    vote: float = 0.0
+
+    @property
+    def score(self) -> float | None:
+        """The plan's log probability (the sum over its tokens), or None when not scored."""
+        if not self.logprobs:
+            return None
+        return sum(self.logprobs)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """The mean token log-probability, or None when the plan was not scored."""
+        if not self.logprobs:
+            return None
+        return sum(self.logprobs) / len(self.logprobs)
+
+
+@dataclass(frozen=True, slots=True)
+class _FirstAnswer:
+    """The answer before delegation, with what the policy and the response need."""
+
+    plan: str | None
+    origin: PlanOrigin
+    example_id: str | None
+    generated: ExtractedPlan | None  # None when no model ran
+    generated_problem: str | None  # why the generated plan failed the plan check
     confidence: float
     source: ConfidenceSource
     signals: dict[str, float | None]
-    problem: str | None = None  # why a plan that parses failed the plan check
+    features: dict[str, float]
 
     @property
-    def usable(self) -> bool:
-        return self.extracted.valid and self.problem is None
+    def generated_usable(self) -> bool:
+        """False when the small model ran and its own plan is unusable."""
+        if self.generated is None:
+            return True
+        return self.generated.valid and self.generated_problem is None
 
 
 class Planner:
@@ -88,12 +152,22 @@ class Planner:
         small_max_tokens: int,
         large_max_tokens: int,
         known_functions: frozenset[str] | None = None,
+        bank_answer_similarity: float = 2.0,
+        candidate_count: int = 0,
+        calibration: Calibration | None = None,
+        small_context_turns: int = 10,
     ) -> None:
         """Create the pipeline.
 
         `known_functions` are the function names a plan may use, normally those of
         the example bank; a plan with any other name fails the plan check. None
-        turns the check off.
+        turns the check off. A request whose nearest example has at least
+        `bank_answer_similarity` is answered from the bank (above 1: never).
+        `candidate_count` nearest examples' adapted plans compete with the small
+        model's plan when the backend can score them. `calibration` turns the
+        answer's signals into its confidence; without it the confidence is the
+        plan's geometric-mean token probability. The small model sees the last
+        `small_context_turns` turns of the context.
         """
         self.index = index
         self.small = small
@@ -103,56 +177,78 @@ class Planner:
         self.small_max_tokens = small_max_tokens
         self.large_max_tokens = large_max_tokens
         self.known_functions = known_functions
+        self.bank_answer_similarity = bank_answer_similarity
+        self.candidate_count = candidate_count
+        self.calibration = calibration
+        self.small_context_turns = small_context_turns
 
     async def generate(self, utterance: str, context: Sequence[Turn] = ()) -> PlanResult:
         """Return the plan for `utterance`, or raise PlanUnavailableError."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        few_shot = self.index.search(utterance, self.few_shot_k)
+        previous = context[-1] if context else None
+        few_shot = self.index.search(utterance, self.few_shot_k, previous)
+        candidates = vote_for_plans(utterance, few_shot)
         timings["retrieval"] = _elapsed_ms(started)
         # The large model gets every example; its context window is far larger.
         messages = build_messages(utterance, context, [scored.example for scored in few_shot])
 
-        small_started = time.perf_counter()
-        try:
-            completion, few_shot = await self._complete_small(utterance, context, few_shot)
-        except BackendError as error:
+        if few_shot and few_shot[0].similarity >= self.bank_answer_similarity:
+            answer = self._answer(None, candidates, few_shot)
+        else:
+            small_started = time.perf_counter()
+            try:
+                completion, candidates, few_shot = await self._complete_small(
+                    utterance, context, few_shot, candidates
+                )
+            except BackendError as error:
+                timings["small_model"] = _elapsed_ms(small_started)
+                logger.warning(
+                    "small model failed backend=%s error_type=%s error=%s",
+                    self.small.backend,
+                    type(error).__name__,
+                    error.message,
+                )
+                return await self._answer_without_small(messages, few_shot, error, timings, started)
             timings["small_model"] = _elapsed_ms(small_started)
-            logger.warning(
-                "small model failed backend=%s error_type=%s error=%s",
-                self.small.backend,
-                type(error).__name__,
-                error.message,
-            )
-            return await self._answer_without_small(messages, few_shot, error, timings, started)
-        timings["small_model"] = _elapsed_ms(small_started)
+            answer = self._answer(completion, candidates, few_shot)
 
-        answer = self._score(completion, few_shot)
-        decision = self.policy.decide(answer.confidence, plan_valid=answer.usable)
+        decision = self.policy.decide(answer.confidence, plan_valid=answer.generated_usable)
+        from_bank = answer.origin == "bank_answer"
         result = PlanResult(
-            plan=answer.extracted.plan or "",
-            model="small",
-            backend=self.small.backend,
-            model_name=self.small.model_name,
+            plan=answer.plan or "",
+            model="bank" if from_bank else "small",
+            backend=BANK_BACKEND if from_bank else self.small.backend,
+            model_name=(answer.example_id or "") if from_bank else self.small.model_name,
             confidence=answer.confidence,
             confidence_source=answer.source,
             decision=decision,
             delegation_status="not_wanted",
             few_shot=few_shot,
-            small_plan=answer.extracted.plan,
-            small_error=answer.extracted.error,
+            small_plan=answer.plan,
+            small_error=answer.generated.error if answer.generated else None,
             timings_ms=timings,
             signals=answer.signals,
-            plan_problem=answer.problem,
+            plan_problem=answer.generated_problem if answer.plan is not None else None,
+            origin=answer.origin,
+            first_origin=answer.origin,
+            origin_example_id=answer.example_id,
+            generated_plan=answer.generated.plan if answer.generated else None,
+            generated_problem=answer.generated_problem,
+            features=answer.features,
+            calibration_version=self.calibration.version if self.calibration else None,
         )
+        if answer.plan is not None and answer.origin != "generated":
+            result.plan_problem = None  # a bank plan uses bank functions only
         if decision.delegate:
             await self._delegate(result, messages)
         if not result.plan:
+            generated_error = answer.generated.error if answer.generated else None
             raise PlanUnavailableError(
                 502,
                 {
-                    self.small.backend: f"returned no usable plan: {answer.extracted.error}",
+                    self.small.backend: f"returned no usable plan: {generated_error}",
                     self.large.backend if self.large else "large model": (
                         result.delegation_error or "not configured"
                     ),
@@ -162,19 +258,42 @@ class Planner:
         return result
 
     async def _complete_small(
-        self, utterance: str, context: Sequence[Turn], few_shot: list[ScoredExample]
-    ) -> tuple[Completion, list[ScoredExample]]:
+        self,
+        utterance: str,
+        context: Sequence[Turn],
+        few_shot: list[ScoredExample],
+        candidates: list[Candidate],
+    ) -> tuple[Completion, list[Candidate], list[ScoredExample]]:
         """Ask the small model, shortening the prompt while it does not fit its context window.
 
         The least similar examples go first, then the context turns' plans and
-        replies, then the older context turns. Returns the completion and the
-        examples actually sent.
+        replies, then the older context turns. Returns the completion, the
+        candidates with the model's scores when it can score them (otherwise
+        unchanged), and the examples actually sent.
         """
+        context = tuple(context)[-self.small_context_turns :] if self.small_context_turns else ()
+        max_tokens = _generation_limit(self.small_max_tokens, candidates)
+        scorer = self.small if isinstance(self.small, CandidateScorer) else None
+        to_score = candidates[: self.candidate_count] if scorer is not None else []
         for example_count, prompt_context in _shorter_prompts(len(few_shot), context):
             examples = [scored.example for scored in few_shot[:example_count]]
             messages = build_messages(utterance, prompt_context, examples)
             try:
-                completion = await self.small.complete(messages, max_tokens=self.small_max_tokens)
+                if to_score and scorer is not None:
+                    scored = await scorer.complete_and_score(
+                        messages,
+                        max_tokens=max_tokens,
+                        candidates=[candidate.plan for candidate in to_score],
+                    )
+                    completion = scored.completion
+                    candidates = [
+                        replace(candidate, logprobs=logprobs)
+                        for candidate, logprobs in zip(
+                            to_score, scored.candidate_logprobs, strict=True
+                        )
+                    ] + candidates[len(to_score) :]
+                else:
+                    completion = await self.small.complete(messages, max_tokens=max_tokens)
             except PromptTooLongError as error:
                 logger.info(
                     "prompt too long, shortening backend=%s prompt_tokens=%d limit=%d "
@@ -186,7 +305,7 @@ class Planner:
                     len(prompt_context),
                 )
                 continue
-            return completion, few_shot[:example_count]
+            return completion, candidates, few_shot[:example_count]
         raise PromptTooLongError(
             self.small.backend,
             "the request alone does not fit the small model's context window",
@@ -194,29 +313,120 @@ class Planner:
             limit=0,
         )
 
-    def _score(self, completion: Completion, few_shot: list[ScoredExample]) -> _SmallAnswer:
+    def _answer(
+        self,
+        completion: Completion | None,
+        candidates: list[Candidate],
+        few_shot: list[ScoredExample],
+    ) -> _FirstAnswer:
+        """Choose the first answer among the generated plan and the bank candidates.
+
+        `completion` is None when the request is answered from the bank.
+        """
+        generated: ExtractedPlan | None = None
+        problem: str | None = None
+        pool = candidates[: self.candidate_count]
+        if completion is not None:
+            generated = self._extract(completion)
+            if generated.valid:
+                problem = self.check_plan(generated.plan or "")
+            if generated.valid and problem is None:
+                pool = _merge_generated(generated.plan or "", completion, pool)
+
+        if completion is None:
+            chosen: Candidate | None = replace(candidates[0], origin="bank_answer")
+        else:
+            chosen = _likeliest(pool)
+            if chosen is not None and chosen.origin == "ranked_example" and chosen.score is None:
+                chosen = replace(chosen, origin="nearest_example")
+        signals, features = self._signals(chosen, pool, generated, problem, few_shot)
+        confidence, source = self._confidence(chosen, generated, problem, signals, features)
+        plan = chosen.plan if chosen else None
+        if plan is None and generated is not None:
+            plan = generated.plan  # unusable, and returned flagged when nothing replaces it
+        return _FirstAnswer(
+            plan=plan,
+            origin=chosen.origin if chosen else "generated",
+            example_id=chosen.example_id if chosen else None,
+            generated=generated,
+            generated_problem=problem,
+            confidence=confidence,
+            source=source,
+            signals=signals,
+            features=features,
+        )
+
+    def _extract(self, completion: Completion) -> ExtractedPlan:
         extracted = extract_plan(completion.text)
         if not extracted.valid and completion.stop_reason == "length":
-            extracted = ExtractedPlan(
+            return ExtractedPlan(
                 None,
-                f"generation stopped at the {self.small_max_tokens}-token limit before the "
-                f"plan was complete ({extracted.error})",
+                f"generation stopped at its token limit{_tokens_note(completion.output_tokens)} "
+                f"before the plan was complete ({extracted.error})",
                 extracted.wrapped,
             )
-        signals = {
-            "logprobs": logprob_confidence(completion.token_logprobs),
-            "retrieval": few_shot[0].similarity if few_shot else 0.0,
+        return extracted
+
+    def _signals(
+        self,
+        chosen: Candidate | None,
+        pool: list[Candidate],
+        generated: ExtractedPlan | None,
+        problem: str | None,
+        few_shot: list[ScoredExample],
+    ) -> tuple[dict[str, float | None], dict[str, float]]:
+        """Return the named signals of the chosen plan, and the calibration features."""
+        nearest = few_shot[0] if few_shot else None
+        score = chosen.score if chosen else None
+        others = [
+            candidate.score
+            for candidate in pool
+            if candidate is not chosen and candidate.score is not None
+        ]
+        margin = score - max(others) if score is not None and others else None
+        mean_logprob = chosen.mean_logprob if chosen else None
+        agreement = chosen.vote if chosen else 0.0
+        signals: dict[str, float | None] = {
+            "logprobs": math.exp(mean_logprob) if mean_logprob is not None else None,
+            "retrieval": nearest.similarity if nearest else 0.0,
+            "agreement": agreement,
+            "margin": margin,
         }
-        if not extracted.valid:
-            return _SmallAnswer(extracted, 0.0, "invalid_plan", signals)
-        problem = self.check_plan(extracted.plan or "")
-        if problem is not None:
-            return _SmallAnswer(extracted, 0.0, "invalid_plan", signals, problem)
+        generated_plan = generated.plan if generated and generated.valid else None
+        features = {
+            "similarity": nearest.similarity if nearest else 0.0,
+            "context_similarity": nearest.context_similarity if nearest else 0.0,
+            "chosen_logprob": mean_logprob if mean_logprob is not None else 0.0,
+            "margin": margin if margin is not None else 0.0,
+            "agreement": agreement,
+            "generated_agrees": float(chosen is not None and chosen.plan == generated_plan),
+            "generated_valid": float(generated is None or (generated.valid and problem is None)),
+            "bank_answer": float(generated is None),
+            "plan_tokens": math.log1p(len(tokenize(chosen.plan))) if chosen else 0.0,
+        }
+        return signals, features
+
+    def _confidence(
+        self,
+        chosen: Candidate | None,
+        generated: ExtractedPlan | None,
+        problem: str | None,
+        signals: dict[str, float | None],
+        features: dict[str, float],
+    ) -> tuple[float, ConfidenceSource]:
+        if chosen is None:
+            return 0.0, "invalid_plan"
+        if self.calibration is not None:
+            probability = self.calibration.probability(features)
+            signals["calibrated"] = probability
+            return probability, "calibrated"
+        if generated is not None and not (generated.valid and problem is None):
+            return 0.0, "invalid_plan"
         if signals["logprobs"] is not None:
-            return _SmallAnswer(extracted, signals["logprobs"], "logprobs", signals)
-        # No log-probabilities from this backend: fall back to how close the nearest
-        # example is, a weaker signal but one that needs nothing from the model.
-        return _SmallAnswer(extracted, signals["retrieval"], "retrieval", signals)
+            return min(max(signals["logprobs"], 0.0), 1.0), "logprobs"
+        # No log-probabilities: how close the nearest example is, a weaker signal but one
+        # that needs nothing from the model.
+        return float(signals["retrieval"] or 0.0), "retrieval"
 
     def check_plan(self, plan: str) -> str | None:
         """Return why a parseable plan fails the plan check, or None when it passes."""
@@ -261,6 +471,8 @@ class Planner:
         result.model = "large"
         result.backend = self.large.backend
         result.model_name = self.large.model_name
+        result.origin = "large_model"
+        result.origin_example_id = None
         result.delegation_status = "completed"
 
     async def _answer_without_small(
@@ -304,8 +516,89 @@ class Planner:
             few_shot=few_shot,
             small_error=small_error.message,
             fallback="small_model_failed",
+            origin="large_model",
+            first_origin="large_model",
             timings_ms=timings,
         )
+
+
+def _merge_generated(
+    plan: str, completion: Completion, candidates: list[Candidate]
+) -> list[Candidate]:
+    """Add the generated plan to the candidates, or mark the equal candidate as generated.
+
+    An equal candidate keeps its score when it has one, because that score
+    includes the end of the reply like the other candidates' scores. Otherwise
+    the log probabilities of the plan's generation score it.
+    """
+    merged: list[Candidate] = []
+    found = False
+    for candidate in candidates:
+        if candidate.plan == plan:
+            logprobs = candidate.logprobs or completion.token_logprobs or None
+            merged.append(
+                replace(candidate, origin="generated", example_id=None, logprobs=logprobs)
+            )
+            found = True
+        else:
+            merged.append(candidate)
+    if not found:
+        merged.insert(0, Candidate(plan, "generated", None, completion.token_logprobs or None))
+    return merged
+
+
+def vote_for_plans(utterance: str, few_shot: list[ScoredExample]) -> list[Candidate]:
+    """Adapt the nearest examples' plans to the request and rank them by weighted vote.
+
+    Each example votes for its adapted plan with the square of its ranking
+    score, and a plan's vote is its share of all the weight. So several similar
+    examples that agree on a plan outweigh one slightly closer example. On the
+    2,026 SMCalFlow dev turns with the 9,490-example bank, the top-voted plan of
+    the 8 nearest examples matched the gold plan on 30.3% of turns, and the
+    nearest example's adapted plan on 28.3%.
+    Returns distinct plans, highest vote first; equal votes keep retrieval order.
+    """
+    weights: dict[str, float] = defaultdict(float)
+    first_example: dict[str, str] = {}
+    for scored in few_shot:
+        plan = adapt_plan(scored.example.utterance, scored.example.plan, utterance)
+        weights[plan] += scored.score**2
+        first_example.setdefault(plan, scored.example.id)
+    total = sum(weights.values()) or 1.0
+    ranked = sorted(weights, key=lambda plan: weights[plan], reverse=True)
+    return [
+        Candidate(plan, "ranked_example", first_example[plan], vote=weights[plan] / total)
+        for plan in ranked
+    ]
+
+
+def _tokens_note(output_tokens: int | None) -> str:
+    return f" of {output_tokens} tokens" if output_tokens else ""
+
+
+def _generation_limit(configured: int, candidates: list[Candidate]) -> int:
+    """Cap the small model's output at well above the longest similar plan's length.
+
+    A plan far longer than every similar example's is almost always a model
+    repeating itself, and at 60 tokens a second on two cores, running on to the
+    configured limit costs seconds for nothing. SmolLM2 needs 0.29 tokens per
+    character of a bank plan (20 plans measured), so characters / 2 is about
+    1.7 times the longest plan's tokens.
+    """
+    if not candidates:
+        return configured
+    longest = max(len(candidate.plan) for candidate in candidates)
+    return min(configured, max(64, longest // 2))
+
+
+def _likeliest(candidates: list[Candidate]) -> Candidate | None:
+    """Return the candidate with the highest score, or the first when none is scored."""
+    if not candidates:
+        return None
+    scored = [candidate for candidate in candidates if candidate.score is not None]
+    if not scored:
+        return candidates[0]
+    return max(scored, key=lambda candidate: candidate.score or -math.inf)
 
 
 def _shorter_prompts(

@@ -171,14 +171,39 @@ class PlanResponse(BaseModel):
         description="Why the plan failed the plan check, when it did.",
         examples=[None],
     )
-    model: Literal["small", "large"] = Field(
-        description="Which model wrote the returned plan.", examples=["small"]
+    model: Literal["small", "bank", "large"] = Field(
+        description=(
+            "Which model answered: small, large, or bank when the nearest example was "
+            "practically the request and no model ran."
+        ),
+        examples=["small"],
     )
     backend: str = Field(
-        description="The backend that served that model: ollama, llama-cpp or bedrock.",
+        description="The backend that answered: ollama, llama-cpp, bedrock or example-bank.",
         examples=["ollama"],
     )
-    model_name: str = Field(description="The model's name at its backend.", examples=["llama3.1"])
+    model_name: str = Field(
+        description="The model's name at its backend; for the bank, the example's id.",
+        examples=["llama3.1"],
+    )
+    origin: Literal[
+        "generated", "ranked_example", "nearest_example", "bank_answer", "large_model"
+    ] = Field(
+        description=(
+            "generated: the small model wrote the plan. ranked_example: the small model "
+            "found a similar example's plan, with the request's names and numbers carried "
+            "over, likelier than its own. nearest_example: the small model's plan was "
+            "unusable, so the nearest example's adapted plan replaced it. bank_answer: the "
+            "nearest example was practically the request, and its adapted plan was returned "
+            "without a model. large_model: the large model wrote it."
+        ),
+        examples=["generated"],
+    )
+    origin_example_id: str | None = Field(
+        None,
+        description="The bank example whose plan was adapted, for ranked_example and bank_answer.",
+        examples=[None],
+    )
     confidence: float | None = Field(
         ge=0,
         le=1,
@@ -188,13 +213,25 @@ class PlanResponse(BaseModel):
         ),
         examples=[0.91],
     )
-    confidence_source: Literal["logprobs", "retrieval", "invalid_plan"] | None = Field(
+    confidence_source: Literal["calibrated", "logprobs", "retrieval", "invalid_plan"] | None = (
+        Field(
+            description=(
+                "calibrated: the probability that the plan is right, from the calibration "
+                "named in `calibration_version`. logprobs: geometric mean of the plan's token "
+                "probabilities. retrieval: similarity of the nearest example, used when no "
+                "log-probabilities exist. invalid_plan: the small model's output held no "
+                "usable plan (0)."
+            ),
+            examples=["calibrated"],
+        )
+    )
+    calibration_version: str | None = Field(
+        None,
         description=(
-            "logprobs: geometric mean of the plan's token probabilities. retrieval: "
-            "similarity of the nearest example, used when the backend reports no "
-            "log-probabilities. invalid_plan: the small model's output held no plan (0)."
+            "The calibration behind the confidence and so the delegation decision; null "
+            "when none is loaded (CALIBRATION_PATH)."
         ),
-        examples=["logprobs"],
+        examples=["2026-12-04-1a2b3c4d"],
     )
     delegated: bool = Field(
         description="True when the large model wrote the returned plan.", examples=[False]
@@ -202,7 +239,19 @@ class PlanResponse(BaseModel):
     delegation: DelegationInfo
     small_plan: str | None = Field(
         None,
-        description="The small model's own plan, when it produced one and was overruled.",
+        description="The first answer's plan, when the large model overruled it.",
+        examples=[None],
+    )
+    generated_plan: str | None = Field(
+        None,
+        description=(
+            "The small model's own plan, when it wrote one and a different plan was returned."
+        ),
+        examples=[None],
+    )
+    generated_plan_problem: str | None = Field(
+        None,
+        description="Why the small model's own plan failed the plan check, when it did.",
         examples=[None],
     )
     fallback: str | None = Field(

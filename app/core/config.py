@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     embedded_timeout_s: float = Field(60.0, gt=0)
     embedded_grammar: bool = True  # constrain output to one well-formed S-expression
     small_model_max_tokens: int = Field(384, ge=16, le=4096)
+    # Earlier turns the small model sees; the large model sees all that the request sends.
+    small_model_context_turns: int = Field(1, ge=0, le=10)
 
     # Large model
     large_model_backend: Literal["bedrock", "none"] = "bedrock"
@@ -51,6 +53,13 @@ class Settings(BaseSettings):
     # Few-shot examples
     examples_path: Path = DEFAULT_EXAMPLES_PATH
     few_shot_k: int = Field(8, ge=0, le=64)
+    # Answer from the bank, without a model, when the nearest example is this similar.
+    bank_answer_similarity: float = Field(0.5, ge=0)
+    # Nearest examples whose adapted plans compete with the small model's own plan.
+    candidate_count: int = Field(4, ge=0, le=16)
+
+    # Confidence calibration, from `plan-calibrate`; none: the plan's token probability.
+    calibration_path: Path | None = None
 
     # Delegation policy
     delegation_window_size: int = Field(500, ge=10)

@@ -42,7 +42,8 @@ __all__ = [
     "tradeoff_curve",
 ]
 
-SIGNALS = ("logprobs", "retrieval", "confidence")
+# "confidence" is what the delegation policy was given: calibrated when a calibration is loaded.
+SIGNALS = ("logprobs", "retrieval", "agreement", "margin", "confidence")
 STAGES = ("retrieval", "small_model", "large_model", "total")
 
 # The usual rule of thumb for English text and code with BPE tokenizers.
@@ -264,16 +265,29 @@ def summarize(
             "small": mean(small_correct),
             "final": mean(record["final_correct"] for record in records),
             "large": mean(large_turns) if large_configured else None,
+            # The small model's own plan, on the turns where it ran.
+            "generated": mean(
+                record["generated_correct"]
+                for record in records
+                if record.get("generated_correct") is not None
+            ),
+            # The context-ranked nearest example's adapted plan, with no model.
+            "lookup": mean(record["lookup_correct"] for record in records),
         },
+        "origins": _origins(records),
         "delegation_rate": mean(delegated),
         "confidence_auroc": {
-            signal: auroc([record["signals"][signal] for record in records], small_correct)
+            signal: auroc([record["signals"].get(signal) for record in records], small_correct)
             for signal in SIGNALS
         },
         "delegation_precision": delegation_precision(delegated, small_correct),
         "errors_caught": errors_caught(delegated, small_correct),
         "invalid_plans": mean(record["small_invalid"] for record in answered),
         "floor_exact_match": mean(record["floor_correct"] for record in records),
+        "final_over_floor": _ratio(
+            mean(record["final_correct"] for record in records),
+            mean(record["floor_correct"] for record in records),
+        ),
         "exact_match_by_dependency": {
             kind: mean(
                 record["final_correct"] for record in records if record["dependent"] == dependent
@@ -343,3 +357,20 @@ def _basis(kinds: set[str]) -> str:
         f"partly estimated at {CHARS_PER_TOKEN} characters per token where the "
         f"backend reported no count ({', '.join(sorted(kinds))})"
     )
+
+
+def _origins(records: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Count the first answers by origin, with the exact match of each group."""
+    groups: dict[str, list[bool]] = {}
+    for record in records:
+        groups.setdefault(record.get("origin") or "none", []).append(record["small_correct"])
+    return {
+        origin: {"turns": len(flags), "exact_match": mean(flags)}
+        for origin, flags in sorted(groups.items())
+    }
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)

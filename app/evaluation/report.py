@@ -23,8 +23,15 @@ _METRIC_NOTES = (
     ("exact match", "share of turns whose plan, parsed as an S-expression, equals the gold plan."),
     (
         "small / final / large",
-        "the small model's plan, the plan the service returned, and the "
-        "large model's plan over the turns sent to it.",
+        "the first answer (the small model's choice among its own plan and the "
+        "nearest examples' adapted plans, or the bank's answer when no model ran), the plan "
+        "the service returned, and the large model's plan over the turns sent to it.",
+    ),
+    (
+        "generated / lookup",
+        "the small model's own plan over the turns where it ran, and the "
+        "context-ranked nearest example's plan with the request's names and numbers carried "
+        "over, with no model.",
     ),
     ("delegation rate", "share of turns the policy sent, or would send, to the large model."),
     (
@@ -42,7 +49,14 @@ _METRIC_NOTES = (
     (
         "floor exact match",
         "exact match of returning the plan of the most similar bank "
-        "utterance, with no model at all.",
+        "utterance, as it is, with no model at all; final / floor is the ratio of the two.",
+    ),
+    (
+        "first answers by origin",
+        "generated: the small model's plan; ranked_example: an example's adapted plan the "
+        "small model found likelier; nearest_example: the nearest example's adapted plan "
+        "returned in place of an unusable one; bank_answer: the nearest example was practically "
+        "the request, and no model ran.",
     ),
     ("dependent turns", "turns whose gold plan uses `refer` or a `Revise...` function."),
     (
@@ -80,6 +94,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"{run['bank_dialogues_shared_with_data']} dialogues shared with the data)",
         f"- small model: {run['small_backend']} `{run['small_model']}`",
         f"- large model: {run['large_backend'] or 'none'} `{run['large_model'] or '-'}`",
+        f"- calibration: {run.get('calibration_version') or 'none'} "
+        f"({run.get('dialogues_left_out_as_calibration_data', 0)} dialogues it was fitted on "
+        "left out)",
         f"- prompt version {run['prompt_version']}, {run['few_shot_k']} few-shot examples, "
         f"delegation percentile {run['delegation_percentile']}, max ratio "
         f"{run['delegation_max_ratio']}",
@@ -91,7 +108,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"| exact match, small | {_figure(exact['small'])} |",
         f"| exact match, final | {_figure(exact['final'])} |",
         f"| exact match, large | {_figure(exact['large'])} |",
+        f"| exact match, generated | {_figure(exact.get('generated'))} |",
+        f"| exact match, lookup | {_figure(exact.get('lookup'))} |",
         f"| floor exact match | {_figure(report['floor_exact_match'])} |",
+        f"| final / floor | {_figure(report.get('final_over_floor'))} |",
         f"| delegation rate | {_figure(report['delegation_rate'])} |",
         f"| delegation precision | {_figure(report['delegation_precision'])} |",
         f"| errors caught | {_figure(report['errors_caught'])} |",
@@ -99,6 +119,11 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     ]
     for signal, value in report["confidence_auroc"].items():
         lines.append(f"| confidence AUROC, {signal} | {_figure(value)} |")
+    for origin, figures in report.get("origins", {}).items():
+        lines.append(
+            f"| first answers from {origin} ({figures['turns']}), exact match | "
+            f"{_figure(figures['exact_match'])} |"
+        )
     for kind, value in report["exact_match_by_dependency"].items():
         count = report["turns_by_dependency"][kind]
         lines.append(f"| exact match, {kind} turns ({count}) | {_figure(value)} |")
@@ -163,7 +188,7 @@ def write_tradeoff_plot(path: Path, records: list[dict[str, Any]], report: dict[
     axes = figure.add_subplot()
 
     for signal in metrics.SIGNALS:
-        scores = [record["signals"][signal] for record in records]
+        scores = [record["signals"].get(signal) for record in records]
         if all(score is None for score in scores):
             continue
         curve = metrics.tradeoff_curve(scores, small_correct)

@@ -27,6 +27,8 @@ from app.backends.base import ModelBackend
 from app.backends.errors import BackendError
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.config import Settings
+from app.domain.adaptation import adapt_plan
+from app.domain.calibration import load_calibration
 from app.domain.dialogue import Turn
 from app.domain.example_bank import bank_functions, load_bank
 from app.domain.lispress import LispressError, normalize
@@ -34,7 +36,7 @@ from app.domain.plan_output import extract_plan, logprob_confidence
 from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
 from app.evaluation import metrics
-from app.evaluation.metering import MeteredBackend, MeteredCall
+from app.evaluation.metering import MeteredBackend, MeteredCall, metered
 from app.evaluation.report import write_outputs
 from app.main import build_planner
 from app.planner import Planner, PlanResult, PlanUnavailableError
@@ -156,7 +158,13 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
     started = time.perf_counter()
     bank_path = options.bank or settings.examples_path
     all_dialogues = read_dialogues(options.data, options.plan_format)
-    dialogues = sample_dialogues(all_dialogues, options.limit, options.seed)
+    calibration = load_calibration(settings.calibration_path) if settings.calibration_path else None
+    # A calibration is measured on dialogues it was not fitted on: leave those out.
+    fitted = set(calibration.fitted_on.get("dialogue_ids", ())) if calibration else set()
+    eligible = [
+        dialogue for dialogue in all_dialogues if dialogue and dialogue[0].dialogue_id not in fitted
+    ]
+    dialogues = sample_dialogues(eligible, options.limit, options.seed)
     turns = [turn for dialogue in dialogues for turn in dialogue]
     if not turns:
         raise EvaluationError(f"{options.data} has no non-skipped turn to evaluate")
@@ -167,16 +175,18 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
     shared = count_shared_dialogues([example.id for example in examples], turns)
     known_functions = set(bank_functions(examples))
 
-    small = MeteredBackend(await build_small_backend(settings))
+    small = metered(await build_small_backend(settings))
     large_backend = build_large_backend(settings)
-    large = MeteredBackend(large_backend) if large_backend else None
+    large = metered(large_backend) if large_backend else None
     try:
         await _check_small_ready(small)
-        planner = build_planner(settings, index, small, large)
+        planner = build_planner(settings, index, small, large, calibration)
         # The ablation gets its own planner, so its confidences never reach the delegation
         # policy of the with-context run, which then decides as in a run without it.
         ablation_planner = (
-            build_planner(settings, index, small, large) if options.context_ablation else None
+            build_planner(settings, index, small, large, calibration)
+            if options.context_ablation
+            else None
         )
         records = await _evaluate_turns(
             planner, ablation_planner, small, large, turns, known_functions, options
@@ -197,6 +207,11 @@ async def run_evaluation(options: EvaluationOptions, settings: Settings) -> dict
         "seed": options.seed,
         "dialogues": len(dialogues),
         "dialogues_in_file": len(all_dialogues),
+        "dialogues_without_turns": sum(not dialogue for dialogue in all_dialogues),
+        "dialogues_left_out_as_calibration_data": sum(
+            bool(dialogue) and dialogue[0].dialogue_id in fitted for dialogue in all_dialogues
+        ),
+        "calibration_version": calibration.version if calibration else None,
         "small_backend": small.backend,
         "small_model": small.model_name,
         "large_backend": large.backend if large else None,
@@ -268,7 +283,10 @@ async def _evaluate_turn(
     small_calls = _answered(small.take_calls())
     large_attempts = large.take_calls() if large else []
     large_calls = _answered(large_attempts)
-    nearest = planner.index.search(turn.utterance, 1)
+    # The floor: the plan of the example whose utterance is most similar, as it is.
+    nearest = planner.index.search_utterances(turn.utterance, 1)
+    # The lookup: ranked with the previous turn too, names and numbers carried over.
+    lookup = planner.index.search(turn.utterance, 1, turn.context[-1] if turn.context else None)
 
     record: dict[str, Any] = {
         "dialogue_id": turn.dialogue_id,
@@ -277,6 +295,11 @@ async def _evaluate_turn(
         "gold": turn.gold,
         "dependent": metrics.is_dependent(turn.gold),
         "floor_plan": nearest[0].example.plan if nearest else None,
+        "lookup_plan": (
+            adapt_plan(lookup[0].example.utterance, lookup[0].example.plan, turn.utterance)
+            if lookup
+            else None
+        ),
         "error": error,
     }
     record.update(_small_fields(result, small_calls, nearest[0].similarity if nearest else 0.0))
@@ -284,6 +307,10 @@ async def _evaluate_turn(
     record["small_correct"] = metrics.exact_match(record["small_plan"], turn.gold)
     record["final_correct"] = metrics.exact_match(record["final_plan"], turn.gold)
     record["floor_correct"] = metrics.exact_match(record["floor_plan"], turn.gold)
+    record["lookup_correct"] = metrics.exact_match(record["lookup_plan"], turn.gold)
+    record["generated_correct"] = (
+        metrics.exact_match(record["generated_plan"], turn.gold) if small_calls else None
+    )
     record["large_correct"] = (
         metrics.exact_match(record["final_plan"] if record["model"] == "large" else None, turn.gold)
         if large_attempts
@@ -332,6 +359,10 @@ def _small_fields(
     if result is not None and result.decision is not None:
         return {
             "small_plan": result.small_plan,
+            "generated_plan": result.generated_plan,
+            "origin": result.first_origin,
+            "origin_example_id": result.origin_example_id,
+            "features": result.features,
             "signals": {**result.signals, "confidence": result.confidence},
             "confidence_source": result.confidence_source,
             "decision": {
@@ -350,6 +381,10 @@ def _small_fields(
         signals = {"logprobs": None, "retrieval": retrieval_similarity, "confidence": None}
         return {
             "small_plan": None,
+            "generated_plan": None,
+            "origin": None,
+            "origin_example_id": None,
+            "features": None,
             "signals": signals,
             "confidence_source": None,
             "decision": None,
@@ -365,6 +400,10 @@ def _small_fields(
     decision = {"delegate": True, "reason": "invalid_plan", "threshold": None, "ratio": None}
     return {
         "small_plan": extracted.plan,
+        "generated_plan": extracted.plan,
+        "origin": "generated",
+        "origin_example_id": None,
+        "features": None,
         "signals": signals,
         "confidence_source": "invalid_plan" if not extracted.valid else None,
         "decision": decision,

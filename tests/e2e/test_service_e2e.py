@@ -168,14 +168,17 @@ def test_dev_utterances_get_plans(service, gold_plans):
     for utterance, gold, body in results:
         print(f"\nutterance: {utterance}\n  gold: {gold}\n  plan: {body['plan']}")
         print(
-            f"  model={body['model']} confidence={body['confidence']} "
+            f"  model={body['model']} origin={body['origin']} confidence={body['confidence']} "
             f"delegation={body['delegation']['reason']} ({body['delegation']['status']})"
         )
         assert body["fallback"] is None, f"the small model failed: {body}"
         assert lispress.parse(body["plan"]) is not None
-        assert body["backend"] in {"llama-cpp", "bedrock"}
+        assert body["backend"] in {"llama-cpp", "bedrock", "example-bank"}
         assert 0.0 <= body["confidence"] <= 1.0
-        assert body["confidence_source"] in {"logprobs", "invalid_plan"}
+        assert body["confidence_source"] in {"logprobs", "retrieval", "invalid_plan"}
+        assert body["calibration_version"] is None
+        if body["origin"] in {"ranked_example", "nearest_example", "bank_answer"}:
+            assert body["origin_example_id"]
         assert len(body["few_shot"]) == 8
         if body["delegated"]:
             assert lispress.plans_equal(body["plan"], gold)

@@ -38,6 +38,8 @@ def make_settings(ollama_url: str, **overrides) -> Settings:
         ollama_timeout_s=2.0,
         large_model_backend="none",
         log_format="text",
+        # The test utterances are in the default bank: ask the model all the same.
+        bank_answer_similarity=2.0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -202,10 +204,28 @@ def test_ollama_server_error_is_502(client, ollama):
     assert "llama runner process has terminated" in response.json()["detail"]
 
 
-def test_unusable_small_output_without_large_is_502(client, ollama):
+# Shares no word with any example of the default bank, so no example's plan can stand in.
+UNMATCHED = "Xyzzy plugh?"
+BOSS_PLAN = "( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )"
+
+
+def test_unusable_small_output_falls_back_to_nearest_example(client, ollama):
     ollama.enqueue(ScriptedReply(content="I am sorry, I cannot do that."))
 
-    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+    body = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"}).json()
+
+    assert body["plan"] == BOSS_PLAN
+    assert body["origin"] == "nearest_example"
+    assert body["origin_example_id"] == "people-my-manager"
+    assert body["confidence"] == 0.0
+    assert body["confidence_source"] == "invalid_plan"
+    assert body["delegation"]["reason"] == "invalid_plan"
+
+
+def test_unusable_small_output_without_any_similar_example_is_502(client, ollama):
+    ollama.enqueue(ScriptedReply(content="I am sorry, I cannot do that."))
+
+    response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
 
     assert response.status_code == 502
     assert "no usable plan" in response.json()["detail"]
@@ -430,10 +450,10 @@ def test_cut_off_plan_names_token_limit(client, ollama):
         ScriptedReply(content="( Yield :output ( FindManager ( ( (", done_reason="length")
     )
 
-    response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+    response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
 
     assert response.status_code == 502
-    assert "384-token limit" in response.json()["detail"]
+    assert "generation stopped at its token limit" in response.json()["detail"]
 
 
 def test_unknown_context_field_lists_turn_fields(client):
@@ -523,10 +543,24 @@ def test_client_disconnect_cancels_generation(ollama, capfd):
 UNKNOWN_FUNCTION_PLAN = "( Yield :output ( LaunchRocket :target ( CurrentUser ) ) )"
 
 
-def test_unknown_function_is_flagged(client, ollama):
+def test_unknown_function_is_replaced_by_nearest_example(client, ollama):
     ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
 
     body = client.post("/api/inference/generate-plan", json={"utterance": "boss?"}).json()
+
+    assert body["plan"] == BOSS_PLAN
+    assert body["plan_valid"] is True
+    assert body["origin"] == "nearest_example"
+    assert body["generated_plan"] == UNKNOWN_FUNCTION_PLAN
+    assert "LaunchRocket" in body["generated_plan_problem"]
+    assert body["confidence"] == 0.0
+    assert body["delegation"]["reason"] == "invalid_plan"
+
+
+def test_unknown_function_is_flagged(client, ollama):
+    ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
+
+    body = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED}).json()
 
     assert body["plan"] == UNKNOWN_FUNCTION_PLAN
     assert body["plan_valid"] is False
@@ -553,4 +587,6 @@ def test_unknown_function_goes_to_large(ollama, bedrock):
 
     assert body["plan"] == LARGE_PLAN
     assert body["plan_valid"] is True
-    assert body["small_plan"] == UNKNOWN_FUNCTION_PLAN
+    assert body["origin"] == "large_model"
+    assert body["delegation"]["reason"] == "invalid_plan"
+    assert body["generated_plan"] == UNKNOWN_FUNCTION_PLAN

@@ -108,6 +108,10 @@ def ollama(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeOlla
         monkeypatch.setenv("OLLAMA_TIMEOUT_S", "10")
         monkeypatch.setenv("LARGE_MODEL_BACKEND", "none")
         monkeypatch.setenv("DELEGATION_MAX_RATIO", "0.5")
+        # These utterances are in the default bank: ask the model all the same, and let no
+        # example's plan stand in, so that every first answer is the scripted reply.
+        monkeypatch.setenv("BANK_ANSWER_SIMILARITY", "2")
+        monkeypatch.setenv("CANDIDATE_COUNT", "0")
         monkeypatch.delenv("EXAMPLES_PATH", raising=False)
         yield server
 
@@ -382,8 +386,8 @@ def test_limit_seeds_differ(ollama, data_path, tmp_path):
     assert len(samples) > 1
 
 
-# Two dev dialogues of one turn each (seed 19), so the embedded model answers twice.
-DEV_SEED = "19"
+# A sample of two dev dialogues of one turn each, so the embedded model answers twice.
+DEV_SEED = "33"
 
 
 @pytest.mark.skipif(
@@ -399,6 +403,8 @@ def test_embedded_model_on_dev_dialogues(tmp_path, monkeypatch):
     monkeypatch.setenv("LARGE_MODEL_BACKEND", "none")
     monkeypatch.setenv("FEW_SHOT_K", "4")
     monkeypatch.setenv("EMBEDDED_TIMEOUT_S", "120")
+    # Ask the model on every turn, so that it scores the examples' plans against its own.
+    monkeypatch.setenv("BANK_ANSWER_SIMILARITY", "2")
 
     data = SMCALFLOW_DIR / "dev.dataflow_dialogues.jsonl"
     arguments = ["--data", str(data), "--bank", str(bank_path), "--out", str(tmp_path / "out")]
@@ -412,3 +418,6 @@ def test_embedded_model_on_dev_dialogues(tmp_path, monkeypatch):
     assert report["run"]["bank_dialogues_shared_with_data"] == 0
     assert 0.0 <= report["exact_match"]["final"] <= 1.0
     assert report["latency_ms"]["small_model"]["count"] == 2
+    assert set(report["origins"]) <= {"generated", "ranked_example"}
+    turns = [json.loads(line) for line in (tmp_path / "out" / "turns.jsonl").open()]
+    assert all(turn["signals"]["logprobs"] is not None for turn in turns)

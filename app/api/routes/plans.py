@@ -117,11 +117,16 @@ def _to_response(result: PlanResult) -> PlanResponse:
         model=result.model,
         backend=result.backend,
         model_name=result.model_name,
+        origin=result.origin,
+        origin_example_id=result.origin_example_id,
         confidence=None if result.confidence is None else round(result.confidence, 6),
         confidence_source=result.confidence_source,
+        calibration_version=result.calibration_version,
         delegated=result.model == "large",
         delegation=delegation,
         small_plan=result.small_plan if result.model == "large" else None,
+        generated_plan=(result.generated_plan if result.generated_plan != result.plan else None),
+        generated_plan_problem=result.generated_problem,
         fallback=result.fallback,
         few_shot=[
             FewShotExample(
