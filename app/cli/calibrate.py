@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.backends.errors import BackendError
-from app.cli.evaluate import _positive_int
+from app.cli.evaluate import positive_int
 from app.core.config import Settings
 from app.core.logging import configure_logging
 from app.domain.example_bank import BankError
@@ -53,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bank", type=Path, metavar="PATH", help="few-shot example bank (default: EXAMPLES_PATH)"
     )
     parser.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="use N dialogues drawn at random"
+        "--limit", type=positive_int, metavar="N", help="use N dialogues drawn at random"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     parser.add_argument("--format", choices=("v1", "v2"), default="v1", help="gold plan dialect")
     parser.add_argument(
-        "--folds", type=_positive_int, default=5, help="cross-validation folds (default: 5)"
+        "--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)"
     )
     parser.add_argument(
         "--l2", type=float, default=1.0, help="L2 penalty on standardized features (default: 1)"

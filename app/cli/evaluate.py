@@ -24,7 +24,7 @@ from app.evaluation.metrics import DEFAULT_TOKEN_PRICES, TokenPrices
 from app.evaluation.run import EvaluationError, EvaluationOptions, run_evaluation
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="evaluate N dialogues drawn at random (default: every dialogue)",
     )

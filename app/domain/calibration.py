@@ -6,10 +6,10 @@ examples agree with it, and so on. A logistic regression over them estimates
 the probability that the plan is right. `plan-calibrate` fits it and writes a
 JSON file; the service loads that file from CALIBRATION_PATH.
 
-The file is meant to be read in review: it names its version, the data it was
-fitted on, the coefficients by feature, the figures measured on dialogues the
-fit did not see, and a sample of recent confidences that warms up the
-delegation window.
+The file is meant to be read in review. It names its version and the data it
+was fitted on, and lists the coefficients by feature and the figures measured
+on dialogues the fit did not see. A sample of held-out confidences in it
+warms up the delegation window.
 """
 
 from __future__ import annotations

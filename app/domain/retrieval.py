@@ -178,7 +178,7 @@ class ExampleIndex:
 
 
 def _weigh(counts: Counter[str], idf: dict[str, float]) -> dict[str, float]:
-    """Return L2-normalized sublinear TF-IDF weights of the terms `idf` knows."""
+    """Return L2-normalized sublinear TF-IDF weights of the terms that are in `idf`."""
     weights = {
         term: (1.0 + math.log(count)) * idf[term] for term, count in counts.items() if term in idf
     }

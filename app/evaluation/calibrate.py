@@ -1,6 +1,6 @@
 """Fit the confidence calibration on evaluated turns, and measure it on unseen dialogues.
 
-The turns come from an evaluation run (turns.jsonl), which holds each first
+The turns come from an evaluation run (turns.jsonl), which contains each first
 answer's features and whether its plan was right. Dialogues are split into
 folds; each fold's turns are scored by a classifier fitted on the other
 folds, so every held-out figure comes from dialogues the classifier did not

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,19 +16,16 @@ from app.core.config import Settings
 from app.domain.calibration import FEATURES, CalibrationError
 from app.evaluation.calibrate import fit_calibration
 from app.main import create_app
-from tests.integration.test_evaluate import DIALOGUES, MODEL, scripted_reply, write_dialogues
+from tests.integration.test_evaluate import (  # noqa: F401 (_restore_logging is an autouse fixture)
+    DIALOGUES,
+    MODEL,
+    _restore_logging,
+    scripted_reply,
+    write_dialogues,
+)
 from tests.support.fake_ollama import FakeOllama, ScriptedReply
 
 PLAN = "( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

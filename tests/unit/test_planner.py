@@ -163,7 +163,7 @@ def bank_planner(small, **options) -> Planner:
 
 
 @pytest.mark.anyio
-async def test_near_identical_request_is_answered_from_bank_without_model():
+async def test_bank_answer_skips_model():
     small = ScoringBackend(TEAM, {})
 
     result = await bank_planner(small).generate("Who is my BOSS?")
@@ -186,7 +186,7 @@ async def test_ranked_candidates_carry_the_request_names():
 
 
 @pytest.mark.anyio
-async def test_short_reply_takes_the_example_with_the_same_previous_turn():
+async def test_short_reply_follows_previous_turn():
     context = [Turn("cancel my meeting", None, "Delete this?")]
 
     result = await bank_planner(ScoringBackend(TEAM, {})).generate("Yes", context)
