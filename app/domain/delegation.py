@@ -80,8 +80,10 @@ class DelegationPolicy:
         self._sorted: list[float] = []
         self._decisions: deque[bool] = deque()
         self._delegated = 0
+        # Replayed as requests, so that the threshold and the delegated share both start
+        # where a service that had seen these confidences would be.
         for confidence in seed_confidences or ():
-            self._remember(_checked(confidence))
+            self.decide(confidence)
 
     def decide(self, confidence: float, *, plan_valid: bool = True) -> DelegationDecision:
         """Decide for one request and record it.

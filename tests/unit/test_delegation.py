@@ -162,6 +162,19 @@ def test_seed_confidences_warm_the_window():
     assert decision.threshold == 0.19
 
 
+def test_seed_confidences_fill_the_budget_window():
+    rng = random.Random(5)
+    config = DelegationConfig(window_size=200, ratio_window=200, min_samples=50)
+    policy = DelegationPolicy(config, seed_confidences=[rng.random() for _ in range(200)])
+
+    decisions = [policy.decide(rng.random()) for _ in range(200)]
+
+    delegated = sum(decision.delegate for decision in decisions)
+    assert decisions[0].ratio > 0.1  # the seeds' decisions count from the first request
+    assert 20 <= delegated <= 40
+    assert max(decision.ratio for decision in decisions) <= 0.2 + 1e-9
+
+
 def test_concurrent_decisions_keep_counts_consistent():
     policy = make_policy(window_size=1000, ratio_window=1000, min_samples=10)
     rng = random.Random(3)
