@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 from dotenv import load_dotenv
+from pydantic import ValidationError
 
 from app.core.config import get_settings
+from app.domain.calibration import CalibrationError
+from app.main import load_configured_calibration
 
 
 def main() -> None:
     # Export .env to the process environment too, so that libraries which read their own
     # variables (boto3's AWS_*, OTEL_*) see the same file as the settings.
     load_dotenv(override=False)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        # Checked here too, so that a bad file is one clear line instead of a traceback.
+        load_configured_calibration(settings)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+            for item in error.errors()
+        )
+        sys.exit(f"plan-service: invalid settings: {problems}")
+    except CalibrationError as error:
+        sys.exit(f"plan-service: {error}")
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -39,15 +39,30 @@ def build_policy(settings: Settings, calibration: Calibration | None = None) -> 
     return DelegationPolicy(config, seed_confidences=sample[-settings.delegation_window_size :])
 
 
-def load_configured_calibration(settings: Settings, small: ModelBackend) -> Calibration | None:
-    """Load CALIBRATION_PATH, if set; raise CalibrationError when the file is unusable.
-
-    A calibration fitted with another small model still loads, with a warning,
-    because its figures then describe a different model.
-    """
+def load_configured_calibration(settings: Settings) -> Calibration | None:
+    """Load CALIBRATION_PATH, if set; raise CalibrationError saying how to fix an unusable file."""
     if settings.calibration_path is None:
         return None
-    calibration = load_calibration(settings.calibration_path)
+    try:
+        calibration = load_calibration(settings.calibration_path)
+    except CalibrationError as error:
+        raise CalibrationError(
+            f"{error}: fix the file, write a new one with plan-calibrate, or leave "
+            "CALIBRATION_PATH empty"
+        ) from error
+    logger.info(
+        "calibration loaded path=%s version=%s confidence_sample=%d",
+        settings.calibration_path,
+        calibration.version,
+        len(calibration.confidence_sample),
+    )
+    return calibration
+
+
+def warn_if_fitted_elsewhere(calibration: Calibration | None, small: ModelBackend) -> None:
+    """Warn when the calibration was fitted with another small model: its figures differ."""
+    if calibration is None:
+        return
     fitted_model = calibration.fitted_on.get("small_model")
     if fitted_model and fitted_model != small.model_name:
         logger.warning(
@@ -57,13 +72,6 @@ def load_configured_calibration(settings: Settings, small: ModelBackend) -> Cali
             fitted_model,
             small.model_name,
         )
-    logger.info(
-        "calibration loaded path=%s version=%s confidence_sample=%d",
-        settings.calibration_path,
-        calibration.version,
-        len(calibration.confidence_sample),
-    )
-    return calibration
 
 
 def build_planner(
@@ -128,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         index = ExampleIndex(examples)
         logger.info("example bank loaded path=%s examples=%d", settings.examples_path, len(index))
 
+        # A bad calibration file stops the start before any model loads.
+        calibration = load_configured_calibration(settings)
         small = await build_small_backend(settings)
         large = build_large_backend(settings)
         logger.info(
@@ -138,13 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             large.model_name if large else "-",
         )
         await _log_backend_status(small, large)
-        try:
-            calibration = load_configured_calibration(settings, small)
-        except CalibrationError:
-            await small.aclose()
-            if large is not None:
-                await large.aclose()
-            raise
+        warn_if_fitted_elsewhere(calibration, small)
         app.state.settings = settings
         app.state.planner = build_planner(settings, index, small, large, calibration)
         try:

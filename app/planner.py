@@ -39,7 +39,8 @@ ConfidenceSource = Literal["calibrated", "logprobs", "retrieval", "invalid_plan"
 DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
 # generated: the small model wrote the plan. ranked_example: the small model found an
 # example's adapted plan likelier than its own. bank_answer: the nearest example was
-# practically the request, and no model ran. large_model: the large model wrote it.
+# similar enough for the examples' vote to answer, and no model ran. large_model: the
+# large model wrote it.
 # nearest_example: the small model's plan was unusable and could not rank the examples'
 # plans, so the nearest example's adapted plan is returned in its place.
 PlanOrigin = Literal["generated", "ranked_example", "nearest_example", "bank_answer", "large_model"]

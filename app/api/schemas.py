@@ -173,8 +173,8 @@ class PlanResponse(BaseModel):
     )
     model: Literal["small", "bank", "large"] = Field(
         description=(
-            "Which model answered: small, large, or bank when the nearest example was "
-            "practically the request and no model ran."
+            "Which model answered: small, large, or bank when the nearest example was at "
+            "least BANK_ANSWER_SIMILARITY similar and no model ran."
         ),
         examples=["small"],
     )
@@ -193,9 +193,10 @@ class PlanResponse(BaseModel):
             "generated: the small model wrote the plan. ranked_example: the small model "
             "found a similar example's plan, with the request's names and numbers carried "
             "over, likelier than its own. nearest_example: the small model's plan was "
-            "unusable, so the nearest example's adapted plan replaced it. bank_answer: the "
-            "nearest example was practically the request, and its adapted plan was returned "
-            "without a model. large_model: the large model wrote it."
+            "unusable, so the top-voted example plan replaced it. bank_answer: the nearest "
+            "example was at least BANK_ANSWER_SIMILARITY similar, so the top-voted plan of "
+            "the nearest examples, adapted to the request, was returned without a model. "
+            "large_model: the large model wrote it."
         ),
         examples=["generated"],
     )
@@ -208,8 +209,8 @@ class PlanResponse(BaseModel):
         ge=0,
         le=1,
         description=(
-            "The small model's confidence in its plan, in [0, 1]; null when the small "
-            "model could not answer."
+            "The confidence in the first answer's plan, in [0, 1] (see confidence_source); "
+            "null when the small model could not answer."
         ),
         examples=[0.91],
     )

@@ -22,6 +22,7 @@ from app.backends.errors import BackendError
 from app.cli.evaluate import positive_int
 from app.core.config import Settings
 from app.core.logging import configure_logging
+from app.domain.calibration import Calibration
 from app.domain.example_bank import BankError
 from app.domain.prompts import PROMPT_VERSION
 from app.evaluation.calibrate import (
@@ -58,10 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     parser.add_argument("--format", choices=("v1", "v2"), default="v1", help="gold plan dialect")
     parser.add_argument(
-        "--folds", type=positive_int, default=5, help="cross-validation folds (default: 5)"
+        "--folds",
+        type=_fold_count,
+        default=5,
+        help="cross-validation folds, 2 or more (default: 5)",
     )
     parser.add_argument(
-        "--l2", type=float, default=1.0, help="L2 penalty on standardized features (default: 1)"
+        "--l2",
+        type=_penalty,
+        default=1.0,
+        help="L2 penalty on standardized features, 0 or more (default: 1)",
     )
     parser.add_argument(
         "--turns",
@@ -80,8 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.data.is_file():
         return _fail(f"data file not found: {args.data}")
-    if args.folds < 2:
-        return _fail("--folds must be at least 2")
     try:
         settings = Settings()
     except ValidationError as error:
@@ -92,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         turns_path = args.turns or _run_models(args, settings)
         records = read_turns(turns_path)
+        _check_turns_from_data(records, args.data)
         calibration = fit_calibration(
             records, folds=args.folds, l2=args.l2, provenance=_provenance(args, turns_path)
         )
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error))
 
     calibration.save(args.out)
+    _warn_about(calibration, settings.delegation_min_samples)
     auroc = calibration.held_out["auroc"]
     singles = {name: value for name, value in auroc.items() if name != "calibrated" and value}
     best = max(singles, key=lambda name: singles[name]) if singles else None
@@ -116,6 +123,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" best_single_signal={best}:{_short(singles[best])}" if best else "")
     )
     return 0
+
+
+def _fold_count(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
+
+
+def _penalty(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _check_turns_from_data(records: list[dict[str, Any]], data: Path) -> None:
+    """Raise ValueError when a turn's dialogue is not in the data file."""
+    with data.open(encoding="utf-8") as file:
+        dialogue_ids = {json.loads(line)["dialogue_id"] for line in file if line.strip()}
+    foreign = sorted({record["dialogue_id"] for record in records} - dialogue_ids)
+    if foreign:
+        raise ValueError(
+            f"{len(foreign)} dialogues of the turns file are not in {data} (first: "
+            f"{foreign[0]}): pass the --data file that plan-eval ran on"
+        )
+
+
+def _warn_about(calibration: Calibration, min_samples: int) -> None:
+    """Print a warning for a calibration the service should not rely on."""
+    held_out = calibration.held_out
+    auroc = held_out["auroc"]["calibrated"]
+    if (
+        auroc is None
+        or auroc <= 0.5
+        or held_out["brier_score"] >= held_out["brier_score_of_base_rate"]
+    ):
+        print(
+            "plan-calibrate: warning: on unseen dialogues the calibration does no better than "
+            f"chance or the base rate (AUROC {_short(auroc)}, Brier score "
+            f"{held_out['brier_score']:.3f} against {held_out['brier_score_of_base_rate']:.3f}): "
+            "calibrate on more dialogues before using it",
+            file=sys.stderr,
+        )
+    sample_size = len(calibration.confidence_sample)
+    if sample_size < min_samples:
+        print(
+            f"plan-calibrate: warning: the confidence sample has {sample_size} values, "
+            f"fewer than DELEGATION_MIN_SAMPLES={min_samples}, so the service still starts "
+            "with the warm-up threshold: calibrate on more dialogues",
+            file=sys.stderr,
+        )
 
 
 def _run_models(args: argparse.Namespace, settings: Settings) -> Path:

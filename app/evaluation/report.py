@@ -55,8 +55,8 @@ _METRIC_NOTES = (
         "first answers by origin",
         "generated: the small model's plan; ranked_example: an example's adapted plan the "
         "small model found likelier; nearest_example: the nearest example's adapted plan "
-        "returned in place of an unusable one; bank_answer: the nearest example was practically "
-        "the request, and no model ran.",
+        "returned in place of an unusable one; bank_answer: the nearest example was at least "
+        "BANK_ANSWER_SIMILARITY similar, so the examples' vote answered and no model ran.",
     ),
     ("dependent turns", "turns whose gold plan uses `refer` or a `Revise...` function."),
     (

@@ -142,7 +142,7 @@ def test_evaluation_leaves_out_the_calibration_dialogues(ollama, data_path, tmp_
 
 def test_calibration_with_unusable_turns_fails_clearly(ollama, tmp_path, capsys):
     turns = tmp_path / "turns.jsonl"
-    turns.write_text(json.dumps({"dialogue_id": "d", "features": None}) + "\n")
+    turns.write_text(json.dumps({"dialogue_id": "dialogue-a", "features": None}) + "\n")
     data = write_dialogues(tmp_path / "dev.jsonl", ["dialogue-a"])
 
     status = calibrate.main(
@@ -209,3 +209,32 @@ def test_service_refuses_an_unusable_calibration_file(tmp_path):
         app = create_app(service_settings(server.url, path))
         with pytest.raises(CalibrationError, match=str(path)), TestClient(app):
             pass
+
+
+def test_calibrate_rejects_turns_of_other_data(ollama, data_path, tmp_path, capsys):
+    turns = tmp_path / "turns.jsonl"
+    turns.write_text(json.dumps({"dialogue_id": "elsewhere", "features": None}) + "\n")
+
+    status = calibrate.main(
+        ["--data", str(data_path), "--out", str(tmp_path / "c.json"), "--turns", str(turns)]
+    )
+
+    assert status == 1
+    assert "not in" in capsys.readouterr().err
+
+
+def test_calibrate_warns_about_small_sample(ollama, data_path, tmp_path, capsys):
+    status = calibrate.main(
+        [
+            "--data",
+            str(data_path),
+            "--out",
+            str(tmp_path / "c.json"),
+            "--folds",
+            "2",
+            "--no-progress",
+        ]
+    )
+
+    assert status == 0
+    assert "fewer than DELEGATION_MIN_SAMPLES=50" in capsys.readouterr().err
