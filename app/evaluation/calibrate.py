@@ -2,9 +2,9 @@
 
 The turns come from an evaluation run (turns.jsonl), which contains each first
 answer's features and whether its plan was right. Dialogues are split into
-folds; each fold's turns are scored by a classifier fitted on the other
-folds, so every held-out figure comes from dialogues the classifier did not
-see. The calibration written to the file is then fitted on all the turns.
+folds. A classifier fitted on the other folds scores each fold's turns, so
+every held-out figure comes from dialogues that classifier did not see. The
+calibration written to the file is then fitted on all the turns.
 """
 
 from __future__ import annotations
