@@ -13,6 +13,7 @@ from app.api.middleware import RequestIdMiddleware
 from app.api.routes import health, plans
 from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
+from app.core.api_keys import parse_api_keys
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
@@ -125,6 +126,22 @@ async def _log_backend_status(small: ModelBackend, large: ModelBackend | None) -
         )
 
 
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _warn_if_open(settings: Settings, keys: list) -> None:
+    """Warn loudly when the service listens beyond this machine and needs no key."""
+    if keys:
+        logger.info("API keys required keys=%d", len(keys))
+    elif settings.host not in _LOOPBACK_HOSTS:
+        logger.warning(
+            "NO API KEYS: the service listens on host=%s and anyone who can reach it can "
+            "generate plans, at the large model's cost. Create keys with `plan-keys create` "
+            "and set API_KEYS",
+            settings.host,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Create the application; backends start in its lifespan, not here."""
     settings = settings or get_settings()
@@ -151,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warn_if_fitted_elsewhere(calibration, small)
         app.state.settings = settings
         app.state.planner = build_planner(settings, index, small, large, calibration)
+        _warn_if_open(settings, app.state.api_keys)
         try:
             yield
         finally:
@@ -169,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.state.api_keys = parse_api_keys(settings.api_keys)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(plans.router)

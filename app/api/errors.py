@@ -93,9 +93,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         # FastAPI raises this for a body it cannot decode at all (invalid UTF-8, nesting
         # too deep for the JSON parser).
         return _malformed_json()
-    title = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed"}.get(
-        exc.status_code, "Request failed"
-    )
+    title = {
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not found",
+        405: "Method not allowed",
+    }.get(exc.status_code, "Request failed")
     return problem_response(
         exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)
     )

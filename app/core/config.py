@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.api_keys import parse_api_keys
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_EXAMPLES_PATH = PACKAGE_DIR / "data" / "examples.jsonl"
 
@@ -23,6 +25,9 @@ class Settings(BaseSettings):
 
     # Server
     host: str = "127.0.0.1"
+    # Keys that may call the API, as `plan-keys create` prints them: NAME:SCOPES:SHA256,
+    # separated by semicolons. Empty: no key is needed.
+    api_keys: str | None = None
     port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -71,6 +76,11 @@ class Settings(BaseSettings):
     delegation_ratio_window: int = Field(500, ge=10)
     delegation_min_samples: int = Field(50, ge=1)
     delegation_warmup_threshold: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        parse_api_keys(self.api_keys)  # ApiKeyError is a ValueError: a validation error
+        return self
 
     @model_validator(mode="after")
     def _check_window_sizes(self) -> Settings:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from app.api.auth import require_scope
 from app.api.schemas import BackendReadiness, HealthResponse, ReadinessResponse
 from app.planner import Planner
 
@@ -25,6 +26,7 @@ async def health() -> HealthResponse:
     response_model=ReadinessResponse,
     responses={503: {"model": ReadinessResponse, "description": "The small model cannot answer."}},
     summary="Readiness",
+    dependencies=[Depends(require_scope("metrics"))],
 )
 async def ready(request: Request) -> JSONResponse:
     """Report the state of each backend, with status 503 when the small model cannot answer.

@@ -1,0 +1,60 @@
+"""API-key checks for the routes: Authorization: Bearer KEY, or X-API-Key: KEY."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from app.core.api_keys import ApiKey, find_key
+
+logger = logging.getLogger(__name__)
+
+# auto_error=False: a missing key is this module's decision, so that keys stay optional.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `plan-keys create`.")
+_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key from `plan-keys create`."
+)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="plan-service"'}
+
+
+def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
+    """Return a dependency that admits a request whose key has `scope`.
+
+    With no key configured (API_KEYS empty), every request is admitted.
+    """
+
+    async def check(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        header: Annotated[str | None, Depends(_header)],
+    ) -> None:
+        keys: list[ApiKey] = request.app.state.api_keys
+        if not keys:
+            return
+        presented = bearer.credentials if bearer is not None else header
+        if not presented:
+            raise HTTPException(
+                401,
+                "Missing API key: send it as Authorization: Bearer KEY or as X-API-Key: KEY.",
+                headers=_CHALLENGE,
+            )
+        key = find_key(keys, presented)
+        if key is None:
+            logger.warning("request with an invalid API key path=%s", request.url.path)
+            raise HTTPException(401, "Invalid API key.", headers=_CHALLENGE)
+        if scope not in key.scopes:
+            logger.warning(
+                "API key lacks scope key=%s scope=%s path=%s", key.name, scope, request.url.path
+            )
+            raise HTTPException(
+                403,
+                f"The API key '{key.name}' lacks the '{scope}' scope: create a key with "
+                f"`plan-keys create NAME --scopes {scope}`.",
+            )
+        request.state.api_key_name = key.name
+
+    return check

@@ -1,0 +1,125 @@
+"""API keys on the routes, through the real application and the real Ollama client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.api_keys import new_key
+from app.core.config import Settings
+from app.main import create_app
+from tests.support.fake_ollama import FakeOllama, ScriptedReply
+
+MODEL = "plan-model"
+PLAN = "( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )"
+PLAN_URL = "/api/inference/generate-plan"
+GENERATE_SECRET, GENERATE_KEY = new_key("client", ["generate"])
+METRICS_SECRET, METRICS_KEY = new_key("ops", ["metrics"])
+
+
+def settings(ollama_url: str, **overrides) -> Settings:
+    values = dict(
+        small_model_backend="ollama",
+        ollama_host=ollama_url,
+        local_model_name=MODEL,
+        large_model_backend="none",
+        log_format="text",
+        bank_answer_similarity=2.0,
+        api_keys=f"{GENERATE_KEY.entry()};{METRICS_KEY.entry()}",
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama(models=[MODEL]) as server:
+        yield server
+
+
+@pytest.fixture
+def client(ollama) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(ollama.url))) as test_client:
+        yield test_client
+
+
+def ask(client: TestClient, headers: dict[str, str]):
+    return client.post(PLAN_URL, json={"utterance": "Who is my boss?"}, headers=headers)
+
+
+def test_bearer_key_is_accepted(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    response = ask(client, {"Authorization": f"Bearer {GENERATE_SECRET}"})
+
+    assert response.status_code == 200
+    assert response.json()["plan"] == PLAN
+
+
+def test_header_key_is_accepted(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    assert ask(client, {"X-API-Key": GENERATE_SECRET}).status_code == 200
+
+
+def test_missing_key_is_401(client, ollama):
+    response = ask(client, {})
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "WWW-Authenticate" in response.headers
+    assert "X-API-Key" in response.json()["detail"]
+    assert ollama.requests_to("/api/chat") == []
+
+
+def test_wrong_key_is_401(ollama, capfd):
+    # The app starts inside the test, so that its log handler writes to captured stderr.
+    with TestClient(create_app(settings(ollama.url))) as client:
+        response = ask(client, {"X-API-Key": GENERATE_SECRET + "x"})
+
+    logged = capfd.readouterr().err
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Invalid API key."
+    assert "request with an invalid API key" in logged
+    assert GENERATE_SECRET not in logged
+
+
+def test_wrong_scope_is_403(client):
+    response = ask(client, {"X-API-Key": METRICS_SECRET})
+
+    assert response.status_code == 403
+    assert "'generate' scope" in response.json()["detail"]
+    assert response.json()["request_id"]
+
+
+def test_ready_needs_metrics_scope(client):
+    assert client.get("/ready").status_code == 401
+    assert client.get("/ready", headers={"X-API-Key": GENERATE_SECRET}).status_code == 403
+    assert client.get("/ready", headers={"X-API-Key": METRICS_SECRET}).status_code == 200
+
+
+def test_health_stays_open(client):
+    assert client.get("/health").status_code == 200
+
+
+def test_no_keys_configured_admits_all(ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    with TestClient(create_app(settings(ollama.url, api_keys=None))) as open_client:
+        assert ask(open_client, {}).status_code == 200
+
+
+def test_open_service_beyond_localhost_warns(ollama, capfd):
+    # The host is only compared here: TestClient binds no socket.
+    open_settings = settings(ollama.url, api_keys=None, host="0.0.0.0")  # noqa: S104
+    with TestClient(create_app(open_settings)):
+        pass
+
+    assert "NO API KEYS" in capfd.readouterr().err
+
+
+def test_openapi_lists_both_key_schemes(client):
+    schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
+
+    assert {scheme["type"] for scheme in schemes.values()} == {"http", "apiKey"}
