@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
-from app.api.middleware import RequestIdMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.routes import health, plans
 from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.api_keys import parse_api_keys
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
+from app.core.rate_limit import RateLimiter
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.example_bank import bank_functions, load_bank
@@ -188,6 +189,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api_keys = parse_api_keys(settings.api_keys)
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        if settings.rate_limit_per_minute > 0
+        else None
+    )
+    # Added first, so it runs inside RequestIdMiddleware and its 413 has a request id.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(plans.router)

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.api_keys import ApiKey, find_key
+from app.core.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +59,25 @@ def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
         request.state.api_key_name = key.name
 
     return check
+
+
+async def limit_rate(request: Request) -> None:
+    """Admit the request if its client's bucket has a token; else raise a 429."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    key_name = getattr(request.state, "api_key_name", None)
+    client = f"key:{key_name}" if key_name else f"address:{_address(request)}"
+    wait_s = limiter.acquire(client)
+    if wait_s > 0:
+        logger.warning("rate limited client=%s retry_after_s=%.1f", client, wait_s)
+        raise HTTPException(
+            429,
+            f"Too many requests: the limit is {limiter.rate * 60:g} a minute with bursts of "
+            f"{limiter.burst}. Retry after the Retry-After seconds.",
+            headers={"Retry-After": RateLimiter.retry_after(wait_s)},
+        )
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

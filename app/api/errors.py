@@ -98,6 +98,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         403: "Forbidden",
         404: "Not found",
         405: "Method not allowed",
+        413: "Request body too large",
+        429: "Too many requests",
     }.get(exc.status_code, "Request failed")
     return problem_response(
         exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)

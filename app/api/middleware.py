@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and request logging."""
+"""ASGI middleware: request ids, request logging and the body size limit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import problem_response
 from app.core.logging import request_id_var
 
 logger = logging.getLogger("app.access")
@@ -64,3 +65,68 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+class BodySizeLimitMiddleware:
+    """Reject with a 413 a request whose body is larger than `max_bytes`.
+
+    A Content-Length over the limit is rejected before the body is read. A
+    chunked body is counted as it arrives; once over the limit, the route's
+    own response is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+
+        received = 0
+        too_large = False
+        replaced = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    # The route gets an empty, final body, and its response is replaced.
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def replacing_send(message: Message) -> None:
+            nonlocal replaced
+            if too_large:
+                if message["type"] == "http.response.start":
+                    replaced = True
+                    await self._reject(send)
+                return  # the route's own response is dropped
+            await send(message)
+
+        await self.app(scope, counting_receive, replacing_send)
+
+    async def _reject(self, send: Send) -> None:
+        logger.warning("request body too large max_bytes=%d", self.max_bytes)
+        response = problem_response(
+            413,
+            "Request body too large",
+            f"The request body is larger than {self.max_bytes} bytes (MAX_BODY_BYTES): "
+            "send a shorter utterance or fewer context turns.",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     # Keys that may call the API, as `plan-keys create` prints them: NAME:SCOPES:SHA256,
     # separated by semicolons. Empty: no key is needed.
     api_keys: str | None = None
+    # Plan requests per minute for each API key (or each client address without keys),
+    # with bursts of RATE_LIMIT_BURST. 0 turns the limit off.
+    rate_limit_per_minute: float = Field(60.0, ge=0)
+    rate_limit_burst: int = Field(10, ge=1)
+    # Largest request body accepted; the largest valid plan request is about 364 KB.
+    max_body_bytes: int = Field(524_288, ge=1024)
     port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -123,3 +123,66 @@ def test_openapi_lists_both_key_schemes(client):
     schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
 
     assert {scheme["type"] for scheme in schemes.values()} == {"http", "apiKey"}
+
+
+def test_rate_limit_answers_429_with_retry_after(ollama):
+    limited = settings(ollama.url, rate_limit_per_minute=1, rate_limit_burst=2)
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    headers = {"X-API-Key": GENERATE_SECRET}
+    with TestClient(create_app(limited)) as client:
+        statuses = [ask(client, headers).status_code for _ in range(3)]
+        rejected = ask(client, headers)
+
+    assert statuses == [200, 200, 429]
+    assert int(rejected.headers["Retry-After"]) > 1
+    assert "a minute" in rejected.json()["detail"]
+
+
+def test_rate_limit_counts_each_key_apart(ollama):
+    other_secret, other_key = new_key("other", ["generate"])
+    limited = settings(
+        ollama.url,
+        rate_limit_per_minute=1,
+        rate_limit_burst=1,
+        api_keys=f"{GENERATE_KEY.entry()};{other_key.entry()}",
+    )
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    ollama.enqueue(ScriptedReply(content=PLAN))
+    with TestClient(create_app(limited)) as client:
+        first = ask(client, {"X-API-Key": GENERATE_SECRET}).status_code
+        second = ask(client, {"X-API-Key": other_secret}).status_code
+
+    assert (first, second) == (200, 200)
+
+
+def test_declared_large_body_is_413(ollama):
+    with TestClient(create_app(settings(ollama.url, max_body_bytes=2048))) as client:
+        response = client.post(
+            PLAN_URL,
+            json={"utterance": "x" * 3000},
+            headers={"X-API-Key": GENERATE_SECRET},
+        )
+
+    assert response.status_code == 413
+    assert "MAX_BODY_BYTES" in response.json()["detail"]
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert ollama.requests_to("/api/chat") == []
+
+
+def test_chunked_large_body_is_413(ollama):
+    def chunks():
+        yield b'{"utterance": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    with TestClient(create_app(settings(ollama.url, max_body_bytes=2048))) as client:
+        response = client.post(
+            PLAN_URL,
+            content=chunks(),
+            headers={"X-API-Key": GENERATE_SECRET, "Content-Type": "application/json"},
+        )
+
+    assert response.status_code == 413
+    assert ollama.requests_to("/api/chat") == []

@@ -8,7 +8,7 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.auth import require_scope
+from app.api.auth import limit_rate, require_scope
 from app.api.deps import PlannerDep
 from app.api.errors import problem_response
 from app.api.schemas import (
@@ -41,6 +41,8 @@ _ERRORS = {
         400: "The body is not valid JSON.",
         401: "API keys are configured and the request has none, or an invalid one.",
         403: "The API key lacks the generate scope.",
+        413: "The body is larger than MAX_BODY_BYTES.",
+        429: "Too many requests from this key or address; retry after Retry-After seconds.",
         422: "A field is missing, of the wrong type, empty or over its limit.",
         502: "A model answered with an error or without a usable plan.",
         503: "No model backend could be reached; retry after the Retry-After seconds.",
@@ -53,7 +55,7 @@ _ERRORS = {
     "/generate-plan",
     response_model=PlanResponse,
     responses=_ERRORS,
-    dependencies=[Depends(require_scope("generate"))],
+    dependencies=[Depends(require_scope("generate")), Depends(limit_rate)],
     summary="Turn an utterance into a plan",
 )
 async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request) -> Response:
