@@ -16,6 +16,7 @@ from app.backends.factory import build_large_backend, build_small_backend
 from app.core.api_keys import parse_api_keys
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
+from app.core.metrics import ServiceMetrics
 from app.core.rate_limit import RateLimiter
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api_keys = parse_api_keys(settings.api_keys)
+    app.state.metrics = ServiceMetrics()
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         if settings.rate_limit_per_minute > 0

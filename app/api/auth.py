@@ -70,6 +70,7 @@ async def limit_rate(request: Request) -> None:
     client = f"key:{key_name}" if key_name else f"address:{_address(request)}"
     wait_s = limiter.acquire(client)
     if wait_s > 0:
+        request.app.state.metrics.rate_limited.inc()
         logger.warning("rate limited client=%s retry_after_s=%.1f", client, wait_s)
         raise HTTPException(
             429,

@@ -49,6 +49,9 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            metrics = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
+            if metrics is not None:
+                metrics.observe_request(scope["path"], status, time.perf_counter() - started)
             logger.info(
                 "request method=%s path=%s status=%s latency_ms=%.1f",
                 scope["method"],

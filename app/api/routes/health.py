@@ -1,11 +1,12 @@
-"""GET /health (liveness) and GET /ready (readiness)."""
+"""GET /health (liveness), GET /ready (readiness) and GET /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.auth import require_scope
 from app.api.schemas import BackendReadiness, HealthResponse, ReadinessResponse
@@ -19,6 +20,18 @@ router = APIRouter(tags=["health"])
 async def health() -> HealthResponse:
     """Return 200 while the process runs, checking nothing else."""
     return HealthResponse()
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(require_scope("metrics"))],
+)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Return the service's metrics in the Prometheus text format."""
+    registry = request.app.state.metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

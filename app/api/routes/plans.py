@@ -19,8 +19,9 @@ from app.api.schemas import (
     ProblemDetails,
 )
 from app.core.logging import request_id_var
+from app.core.metrics import ServiceMetrics
 from app.domain.dialogue import Turn
-from app.planner import PlanResult
+from app.planner import Planner, PlanResult
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         )
     result = generation.result()
     response = _to_response(result)
+    _record(request.app.state.metrics, result, planner)
     logger.info(
         "plan generated model=%s backend=%s confidence=%s delegated=%s "
         "delegation_status=%s reason=%s threshold=%s ratio=%s total_ms=%s",
@@ -83,6 +85,22 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         result.timings_ms.get("total"),
     )
     return JSONResponse(response.model_dump())
+
+
+def _record(metrics: ServiceMetrics, result: PlanResult, planner: Planner) -> None:
+    """Count the answer, its stages, its delegation and any fallback."""
+    metrics.answers.labels(result.origin, result.model).inc()
+    for stage, milliseconds in result.timings_ms.items():
+        metrics.stage_latency.labels(stage).observe(milliseconds / 1000)
+    if result.decision is not None:
+        metrics.delegations.labels(str(result.decision.reason), result.delegation_status).inc()
+    if result.fallback:
+        metrics.fallbacks.labels(result.fallback).inc()
+    if result.delegation_status in ("unavailable", "failed"):
+        metrics.fallbacks.labels(f"large_model_{result.delegation_status}").inc()
+    threshold, ratio, _ = planner.policy.snapshot()
+    metrics.delegation_threshold.set(threshold)
+    metrics.delegation_ratio.set(ratio)
 
 
 async def _finished_before_disconnect(work: asyncio.Future, request: Request) -> bool:
