@@ -18,6 +18,7 @@ from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import ServiceMetrics
 from app.core.rate_limit import RateLimiter
+from app.core.tracing import configure_tracing
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.example_bank import bank_functions, load_bank
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_format)
+        tracer_provider = configure_tracing()
         examples = load_bank(settings.examples_path)
         index = ExampleIndex(examples)
         logger.info("example bank loaded path=%s examples=%d", settings.examples_path, len(index))
@@ -177,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await small.aclose()
             if large is not None:
                 await large.aclose()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # exports the spans still buffered
             logger.info("service stopped")
 
     app = FastAPI(

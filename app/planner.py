@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from opentelemetry import trace
+
 from app.backends.base import CandidateScorer, Completion, ModelBackend
 from app.backends.errors import BackendError, PromptTooLongError
 from app.domain.adaptation import adapt_plan
@@ -34,6 +36,8 @@ from app.domain.prompts import build_messages
 from app.domain.retrieval import ExampleIndex, ScoredExample
 
 logger = logging.getLogger(__name__)
+# Spans go nowhere until app.core.tracing installs a tracer provider.
+_tracer = trace.get_tracer(__name__)
 
 ConfidenceSource = Literal["calibrated", "logprobs", "retrieval", "invalid_plan"]
 DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
@@ -184,25 +188,43 @@ class Planner:
         self.small_context_turns = small_context_turns
 
     async def generate(self, utterance: str, context: Sequence[Turn] = ()) -> PlanResult:
-        """Return the plan for `utterance`, or raise PlanUnavailableError."""
+        """Return the plan for `utterance`, or raise PlanUnavailableError.
+
+        Each stage is a span of the `plan.generate` trace: retrieval,
+        small_model, plan_check, delegation_decision and large_model.
+        """
+        with _tracer.start_as_current_span("plan.generate") as span:
+            result = await self._generate(utterance, context)
+            span.set_attribute("plan.origin", result.origin)
+            span.set_attribute("plan.model", result.model)
+            return result
+
+    async def _generate(self, utterance: str, context: Sequence[Turn]) -> PlanResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        previous = context[-1] if context else None
-        few_shot = self.index.search(utterance, self.few_shot_k, previous)
-        candidates = vote_for_plans(utterance, few_shot)
+        with _tracer.start_as_current_span("retrieval") as span:
+            previous = context[-1] if context else None
+            few_shot = self.index.search(utterance, self.few_shot_k, previous)
+            candidates = vote_for_plans(utterance, few_shot)
+            span.set_attribute("retrieval.examples", len(few_shot))
+            span.set_attribute("retrieval.similarity", few_shot[0].similarity if few_shot else 0.0)
         timings["retrieval"] = _elapsed_ms(started)
         # The large model gets every example; its context window is far larger.
         messages = build_messages(utterance, context, [scored.example for scored in few_shot])
 
         if few_shot and few_shot[0].similarity >= self.bank_answer_similarity:
-            answer = self._answer(None, candidates, few_shot)
+            with _tracer.start_as_current_span("plan_check"):
+                answer = self._answer(None, candidates, few_shot)
         else:
             small_started = time.perf_counter()
             try:
-                completion, candidates, few_shot = await self._complete_small(
-                    utterance, context, few_shot, candidates
-                )
+                with _tracer.start_as_current_span("small_model") as span:
+                    span.set_attribute("backend", self.small.backend)
+                    span.set_attribute("model", self.small.model_name)
+                    completion, candidates, few_shot = await self._complete_small(
+                        utterance, context, few_shot, candidates
+                    )
             except BackendError as error:
                 timings["small_model"] = _elapsed_ms(small_started)
                 logger.warning(
@@ -213,9 +235,15 @@ class Planner:
                 )
                 return await self._answer_without_small(messages, few_shot, error, timings, started)
             timings["small_model"] = _elapsed_ms(small_started)
-            answer = self._answer(completion, candidates, few_shot)
+            with _tracer.start_as_current_span("plan_check"):
+                answer = self._answer(completion, candidates, few_shot)
 
-        decision = self.policy.decide(answer.confidence, plan_valid=answer.generated_usable)
+        with _tracer.start_as_current_span("delegation_decision") as span:
+            decision = self.policy.decide(answer.confidence, plan_valid=answer.generated_usable)
+            span.set_attribute("delegation.confidence", decision.confidence)
+            span.set_attribute("delegation.threshold", decision.threshold)
+            span.set_attribute("delegation.delegate", decision.delegate)
+            span.set_attribute("delegation.reason", str(decision.reason))
         from_bank = answer.origin == "bank_answer"
         result = PlanResult(
             plan=answer.plan or "",
@@ -243,7 +271,9 @@ class Planner:
         if answer.plan is not None and answer.origin != "generated":
             result.plan_problem = None  # a bank plan uses bank functions only
         if decision.delegate:
-            await self._delegate(result, messages)
+            with _tracer.start_as_current_span("large_model") as span:
+                await self._delegate(result, messages)
+                span.set_attribute("delegation.status", result.delegation_status)
         if not result.plan:
             generated_error = answer.generated.error if answer.generated else None
             raise PlanUnavailableError(
@@ -491,7 +521,9 @@ class Planner:
 
         large_started = time.perf_counter()
         try:
-            completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
+            with _tracer.start_as_current_span("large_model") as span:
+                span.set_attribute("fallback", "small_model_failed")
+                completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
         except BackendError as error:
             errors[error.backend] = error.message
             # The small model's failure decides the status: a timeout stays a 504, and only
