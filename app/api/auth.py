@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -20,6 +20,15 @@ _header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="An API key from `plan-keys create`."
 )
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="plan-service"'}
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+# OpenAPI entries for the routes that require a key.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "API keys are configured and the request has none, or an invalid one.",
+        "content": _PROBLEM,
+    },
+    403: {"description": "The API key lacks the route's scope.", "content": _PROBLEM},
+}
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
@@ -36,6 +45,13 @@ def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
         keys: list[ApiKey] = request.app.state.api_keys
         if not keys:
             return
+        authorization = request.headers.get("authorization")
+        if authorization is not None and bearer is None:
+            # An Authorization header of another scheme is a credential the service cannot
+            # check: rejected, instead of falling back to X-API-Key.
+            raise HTTPException(
+                401, "Authorization must be 'Bearer KEY' with an API key.", headers=_CHALLENGE
+            )
         presented = bearer.credentials if bearer is not None else header
         if not presented:
             raise HTTPException(

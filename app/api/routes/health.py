@@ -8,15 +8,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.auth import require_scope
+from app.api.auth import AUTH_ERRORS, require_scope
 from app.api.schemas import BackendReadiness, HealthResponse, ReadinessResponse
 from app.planner import Planner
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness")
+# HEAD is registered after GET (decorators apply bottom-up), so that a 405 for another
+# method takes its Allow header from the documented GET route.
 @router.head("/health", include_in_schema=False)
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
 async def health() -> HealthResponse:
     """Return 200 while the process runs, checking nothing else."""
     return HealthResponse()
@@ -26,6 +28,7 @@ async def health() -> HealthResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,
+    responses=AUTH_ERRORS,
     dependencies=[Depends(require_scope("metrics"))],
 )
 async def metrics(request: Request) -> PlainTextResponse:
@@ -37,7 +40,10 @@ async def metrics(request: Request) -> PlainTextResponse:
 @router.get(
     "/ready",
     response_model=ReadinessResponse,
-    responses={503: {"model": ReadinessResponse, "description": "The small model cannot answer."}},
+    responses={
+        503: {"model": ReadinessResponse, "description": "The small model cannot answer."},
+        **AUTH_ERRORS,
+    },
     summary="Readiness",
     dependencies=[Depends(require_scope("metrics"))],
 )
