@@ -36,7 +36,7 @@ class Completion:
 class ScoredCompletion:
     """A completion, and the log probabilities the model gives each candidate reply.
 
-    `candidate_logprobs[i]` holds the natural-log probability of each token of
+    `candidate_logprobs[i]` contains the natural-log probability of each token of
     candidate i followed by the end of the reply, or None when the candidate
     does not fit in the context window.
     """
@@ -81,7 +81,7 @@ class ModelBackend(Protocol):
 
 @runtime_checkable
 class CandidateScorer(Protocol):
-    """A backend that can also say how likely it finds given replies to the same prompt.
+    """A backend that can also score given replies to the same prompt by their likelihood.
 
     Only a model that runs in-process offers this: a server API such as Ollama's
     returns log probabilities of generated tokens only.

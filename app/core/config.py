@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     embedded_timeout_s: float = Field(60.0, gt=0)
     embedded_grammar: bool = True  # constrain output to one well-formed S-expression
     small_model_max_tokens: int = Field(384, ge=16, le=4096)
-    # Earlier turns the small model sees; the large model sees all that the request sends.
+    # Earlier turns in the small model's prompt; the large model gets all the request sends.
     small_model_context_turns: int = Field(1, ge=0, le=10)
 
     # Large model

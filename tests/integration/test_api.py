@@ -222,7 +222,7 @@ def test_unusable_small_output_falls_back_to_nearest_example(client, ollama):
     assert body["delegation"]["reason"] == "invalid_plan"
 
 
-def test_unusable_small_output_without_any_similar_example_is_502(client, ollama):
+def test_unusable_output_unmatched_is_502(client, ollama):
     ollama.enqueue(ScriptedReply(content="I am sorry, I cannot do that."))
 
     response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
