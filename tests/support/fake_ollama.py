@@ -240,6 +240,11 @@ class FakeOllama:
         with self._state.lock:
             return list(self._state.requests)
 
+    def clear_requests(self) -> None:
+        """Forget the requests received so far, so that a long run keeps no growing record."""
+        with self._state.lock:
+            self._state.requests.clear()
+
     def requests_to(self, path: str) -> list[RecordedRequest]:
         """The requests received so far on `path`, such as "/api/chat"."""
         return [request for request in self.requests if request.path == path]
