@@ -3,8 +3,8 @@
     poetry run python -m bench.load --rate 20 --seconds 30 --model-latency-ms 200
 
 Starts the local Ollama-protocol server of the test suite and the service
-(uvicorn, one worker) on 127.0.0.1, sends plan requests at a fixed rate from
-one client, and prints one JSON object: requests sent, errors, latency
+(uvicorn, one worker) on 127.0.0.1, and sends plan requests at a fixed rate
+from one client. Prints one JSON object: requests sent, errors, latency
 percentiles, the rate achieved, and the process's resident memory at the
 start, the end and its peak. Loopback only, bounded by --seconds.
 """
@@ -53,7 +53,7 @@ async def drive(
 ) -> tuple[list[float], list[int], list[float]]:
     """Send requests every 1/rate seconds; return latencies, statuses and memory samples.
 
-    Memory is sampled once a second, after the simulated server forgets its
+    Memory is sampled once a second, after the simulated server clears its
     record of requests, so that the samples reflect the service and the client.
     """
     latencies: list[float] = []

@@ -241,7 +241,7 @@ class FakeOllama:
             return list(self._state.requests)
 
     def clear_requests(self) -> None:
-        """Forget the requests received so far, so that a long run keeps no growing record."""
+        """Clear the record of requests received, so that a long run does not grow it."""
         with self._state.lock:
             self._state.requests.clear()
 
