@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and write the calibration file that CALIBRATION_PATH names."
         ),
     )
+
+    # The data, its sample and the bank, as plan-eval takes them.
     parser.add_argument(
         "--data", required=True, type=Path, metavar="PATH", help="*.dataflow_dialogues.jsonl file"
     )
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     parser.add_argument("--format", choices=("v1", "v2"), default="v1", help="gold plan dialect")
+
+    # The classifier and its cross-validation.
     parser.add_argument(
         "--folds",
         type=_fold_count,
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="L2 penalty on standardized features, 0 or more (default: 1)",
     )
+
+    # Reuse of an earlier run, and output.
     parser.add_argument(
         "--turns",
         type=Path,

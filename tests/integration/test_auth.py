@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from app.core.api_keys import new_key
 from app.core.config import Settings
 from app.main import create_app
+from tests.integration.test_api import make_settings
 from tests.support.fake_ollama import FakeOllama, ScriptedReply
 
 MODEL = "plan-model"
@@ -20,17 +21,9 @@ METRICS_SECRET, METRICS_KEY = new_key("ops", ["metrics"])
 
 
 def settings(ollama_url: str, **overrides) -> Settings:
-    values = dict(
-        small_model_backend="ollama",
-        ollama_host=ollama_url,
-        local_model_name=MODEL,
-        large_model_backend="none",
-        log_format="text",
-        bank_answer_similarity=2.0,
-        api_keys=f"{GENERATE_KEY.entry()};{METRICS_KEY.entry()}",
-    )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    """Return test_api's settings with two keys: one for plans, one for metrics."""
+    keys = f"{GENERATE_KEY.entry()};{METRICS_KEY.entry()}"
+    return make_settings(ollama_url, **{"api_keys": keys, **overrides})
 
 
 @pytest.fixture
