@@ -26,7 +26,7 @@ ENV PATH=/srv/.venv/bin:$PATH \
     PORT=8080 \
     SMALL_MODEL_BACKEND=ollama \
     OLLAMA_HOST=http://ollama:11434
-USER planner
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
