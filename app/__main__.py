@@ -36,7 +36,7 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         access_log=False,  # RequestIdMiddleware logs each request with its id and latency
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 

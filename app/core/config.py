@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # On SIGTERM, requests in flight get this long to finish; new ones are refused.
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     # Small model. "auto" picks Ollama when OLLAMA_HOST is set, else the embedded model.
     small_model_backend: Literal["auto", "ollama", "llama-cpp"] = "auto"
@@ -85,6 +87,15 @@ class Settings(BaseSettings):
     delegation_ratio_window: int = Field(500, ge=10)
     delegation_min_samples: int = Field(50, ge=1)
     delegation_warmup_threshold: float = Field(0.5, ge=0, le=1)
+
+    # Shared state for several replicas: the delegation policy's window and budget,
+    # and the response cache. Empty: each process keeps its own.
+    redis_url: str | None = None
+    redis_key_prefix: str = Field("plan-service", min_length=1)
+    redis_timeout_s: float = Field(0.25, gt=0)
+    # Repeated requests are answered from the cache for this long; 0 turns it off.
+    response_cache_ttl_s: float = Field(300.0, ge=0)
+    response_cache_max_entries: int = Field(10_000, ge=1)
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> Settings:
