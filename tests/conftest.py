@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.redis_server import RedisServer, require_redis_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMCALFLOW_DIR = REPO_ROOT.parent / "shared" / "data" / "smcalflow"
@@ -43,3 +46,18 @@ def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary() -> str:
+    return require_redis_server()
+
+
+@pytest.fixture
+def redis_server(redis_server_binary: str) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server on a free loopback port."""
+    server = RedisServer(redis_server_binary).start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -130,6 +130,14 @@ class DelegationInfo(BaseModel):
         ),
         examples=[False],
     )
+    store: Literal["memory", "redis"] | None = Field(
+        None,
+        description=(
+            "Where the window and budget behind the decision live: redis (shared by every "
+            "replica) or memory (this process; also while Redis is unreachable)."
+        ),
+        examples=["memory"],
+    )
     error: str | None = Field(
         None,
         description="Why the large model returned no plan, when it did not.",
@@ -265,6 +273,14 @@ class PlanResponse(BaseModel):
         description="Milliseconds per stage: retrieval, small_model, large_model, total.",
         examples=[{"retrieval": 0.2, "small_model": 812.5, "total": 813.4}],
     )
+    cached: bool = Field(
+        False,
+        description=(
+            "True when the response was served from the response cache: the same request "
+            "was answered within RESPONSE_CACHE_TTL_S, and no model ran this time."
+        ),
+        examples=[False],
+    )
 
 
 class BackendReadiness(BaseModel):
@@ -277,6 +293,19 @@ class BackendReadiness(BaseModel):
     detail: str
 
 
+class PolicyStoreReadiness(BaseModel):
+    """Where the delegation policy keeps its state, as /ready reports it."""
+
+    backend: Literal["memory", "redis"]
+    shared: bool = Field(
+        description=(
+            "True while decisions go through Redis. False with the memory store, and while "
+            "Redis is unreachable: the replica then decides with its own state."
+        )
+    )
+    detail: str | None = None
+
+
 class ReadinessResponse(BaseModel):
     """Readiness of the service and the state of each backend."""
 
@@ -285,6 +314,7 @@ class ReadinessResponse(BaseModel):
     examples: int = Field(description="Examples in the loaded bank.")
     delegation_threshold: float
     delegation_ratio: float
+    policy_store: PolicyStoreReadiness
 
 
 class HealthResponse(BaseModel):

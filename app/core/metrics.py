@@ -66,6 +66,25 @@ class ServiceMetrics:
             "Share of recent requests delegated to the large model.",
             registry=self.registry,
         )
+        self.cache_lookups = Counter(
+            "plan_response_cache_lookups",
+            "Response-cache lookups by result: hit or miss.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.policy_decisions = Counter(
+            "plan_delegation_store_decisions",
+            "Delegation decisions by the store that took them: redis, or memory (one "
+            "process, or a replica deciding alone while Redis is unreachable).",
+            ["store"],
+            registry=self.registry,
+        )
+        self.policy_store_shared = Gauge(
+            "plan_delegation_store_shared",
+            "1 while the delegation policy is shared through Redis; 0 when it is local, "
+            "by configuration or because Redis is unreachable.",
+            registry=self.registry,
+        )
         self.delegation_threshold = Gauge(
             "plan_delegation_threshold",
             "The confidence at or below which a request is delegated now.",

@@ -68,6 +68,8 @@ class DelegationDecision:
     ratio: float  # the delegated share of the recent decisions, this one included
     samples: int  # confidences in the window when deciding
     warming_up: bool
+    store: str = "memory"  # where the window and budget live: "memory" or "redis"
+    sequence: int | None = None  # the decision's place in the fleet's order (redis only)
 
 
 class DelegationPolicy:
@@ -119,6 +121,22 @@ class DelegationPolicy:
                 samples=samples,
                 warming_up=warming_up,
             )
+
+    def observe(self, confidence: float, delegated: bool) -> None:
+        """Record a decision taken elsewhere (by the shared store), without deciding.
+
+        A replica mirrors the fleet's decisions this way, so that its own window is
+        warm if it has to decide alone.
+        """
+        confidence = _checked(confidence)
+        with self._lock:
+            self._remember(confidence)
+            self._record_decision(delegated)
+
+    def recent_confidences(self) -> list[float]:
+        """Return the confidences in the window, oldest first."""
+        with self._lock:
+            return list(self._arrival)
 
     def snapshot(self) -> tuple[float, float, int]:
         """Return the current threshold, the delegated share and the sample count."""

@@ -12,6 +12,7 @@ the assistant's reply) to the request's previous turn.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -104,6 +105,18 @@ class ExampleIndex:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def fingerprint(self) -> str:
+        """Return a digest of the bank's examples: it changes when any example does."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            previous = example.previous
+            fields = [example.id, example.utterance, example.plan]
+            if previous is not None:
+                fields += [previous.utterance, previous.plan or "", previous.agent_reply or ""]
+            digest.update("\x1f".join(fields).encode())
+            digest.update(b"\x1e")
+        return digest.hexdigest()[:16]
 
     def search(self, query: str, k: int, previous: Turn | None = None) -> list[ScoredExample]:
         """Return up to `k` examples, best first by utterance and previous-turn similarity.

@@ -590,3 +590,40 @@ def test_unknown_function_goes_to_large(ollama, bedrock):
     assert body["origin"] == "large_model"
     assert body["delegation"]["reason"] == "invalid_plan"
     assert body["generated_plan"] == UNKNOWN_FUNCTION_PLAN
+
+
+def test_repeated_request_served_from_cache(client, ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.9)))
+    body = {"utterance": "Who is my boss?"}
+
+    first = client.post("/api/inference/generate-plan", json=body).json()
+    second = client.post("/api/inference/generate-plan", json=body).json()
+
+    assert first["cached"] is False
+    assert second["cached"] is True
+    assert second["plan"] == first["plan"]
+    assert second["request_id"] != first["request_id"]
+    assert set(second["timings_ms"]) == {"cache", "total"}
+    assert len(ollama.requests_to("/api/chat")) == 1
+
+
+def test_fallback_answer_not_cached(client, ollama):
+    ollama.enqueue(ScriptedReply(content="not a plan"), ScriptedReply(content="not a plan"))
+    body = {"utterance": "Who is my boss?"}
+
+    first = client.post("/api/inference/generate-plan", json=body).json()
+    second = client.post("/api/inference/generate-plan", json=body).json()
+
+    assert first["delegation"]["status"] == "unavailable"  # no large model configured
+    assert second["cached"] is False
+    assert len(ollama.requests_to("/api/chat")) == 2
+
+
+def test_cache_off_with_zero_ttl(ollama):
+    ollama.enqueue(ScriptedReply(content=PLAN), ScriptedReply(content=PLAN))
+    settings = make_settings(ollama.url, response_cache_ttl_s=0)
+    with TestClient(create_app(settings)) as test_client:
+        for _ in range(2):
+            test_client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
+
+    assert len(ollama.requests_to("/api/chat")) == 2

@@ -9,6 +9,7 @@ import pytest
 
 from app.backends.base import BackendStatus, ChatMessage, Completion, ScoredCompletion
 from app.backends.errors import PromptTooLongError
+from app.core.policy_store import LocalPolicyStore
 from app.domain.calibration import Calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.dialogue import Example, Turn
@@ -53,7 +54,7 @@ def make_planner(small: CharacterBudgetBackend) -> Planner:
         index=ExampleIndex(examples),
         small=small,
         large=None,
-        policy=DelegationPolicy(DelegationConfig(min_samples=1, window_size=10)),
+        policy=LocalPolicyStore(DelegationPolicy(DelegationConfig(min_samples=1, window_size=10))),
         few_shot_k=8,
         small_max_tokens=64,
         large_max_tokens=64,
@@ -139,7 +140,7 @@ def bank_planner(small, **options) -> Planner:
         index=ExampleIndex(BANK),
         small=small,
         large=None,
-        policy=DelegationPolicy(DelegationConfig(min_samples=1, window_size=10)),
+        policy=LocalPolicyStore(DelegationPolicy(DelegationConfig(min_samples=1, window_size=10))),
         few_shot_k=4,
         small_max_tokens=64,
         large_max_tokens=64,

@@ -9,7 +9,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.auth import AUTH_ERRORS, require_scope
-from app.api.schemas import BackendReadiness, HealthResponse, ReadinessResponse
+from app.api.schemas import (
+    BackendReadiness,
+    HealthResponse,
+    PolicyStoreReadiness,
+    ReadinessResponse,
+)
 from app.planner import Planner
 
 router = APIRouter(tags=["health"])
@@ -51,13 +56,15 @@ async def ready(request: Request) -> JSONResponse:
     """Report the state of each backend, with status 503 when the small model cannot answer.
 
     The large model being down is not fatal: the small model's plans are
-    returned and the responses say that delegation was unavailable.
+    returned and the responses say that delegation was unavailable. Nor is
+    Redis: the replica decides with its own state, and `policy_store` says so.
     """
     planner: Planner = request.app.state.planner
     backends = [("small", planner.small)]
     if planner.large is not None:
         backends.append(("large", planner.large))
     statuses = await asyncio.gather(*(backend.probe() for _, backend in backends))
+    store = await planner.policy.probe()
 
     threshold, ratio, _ = planner.policy.snapshot()
     body = ReadinessResponse(
@@ -75,5 +82,8 @@ async def ready(request: Request) -> JSONResponse:
         examples=len(planner.index),
         delegation_threshold=threshold,
         delegation_ratio=ratio,
+        policy_store=PolicyStoreReadiness(
+            backend=store.backend, shared=store.shared, detail=store.detail
+        ),
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

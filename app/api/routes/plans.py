@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +22,7 @@ from app.api.schemas import (
 )
 from app.core.logging import request_id_var
 from app.core.metrics import ServiceMetrics
+from app.core.response_cache import ResponseCache, request_key
 from app.domain.dialogue import Turn
 from app.planner import Planner, PlanResult
 
@@ -62,6 +65,16 @@ _ERRORS = {
 async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request) -> Response:
     """Return the small model's plan, or the large model's when the small one is unsure."""
     context = [Turn(turn.utterance, turn.plan, turn.agent_reply) for turn in body.context]
+    metrics: ServiceMetrics = request.app.state.metrics
+    cache: ResponseCache | None = request.app.state.response_cache
+    cache_key = None
+    if cache is not None:
+        started = time.perf_counter()
+        cache_key = request_key(request.app.state.response_namespace, body.utterance, context)
+        stored = await cache.get(cache_key)
+        metrics.cache_lookups.labels("miss" if stored is None else "hit").inc()
+        if stored is not None:
+            return _cached_response(stored, (time.perf_counter() - started) * 1000, metrics)
     generation = asyncio.ensure_future(planner.generate(body.utterance, context))
     if not await _finished_before_disconnect(generation, request):
         logger.info("client disconnected, plan generation cancelled")
@@ -70,7 +83,9 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         )
     result = generation.result()
     response = _to_response(result)
-    _record(request.app.state.metrics, result, planner)
+    _record(metrics, result, planner)
+    if cache_key is not None and _cacheable(result):
+        await cache.put(cache_key, response.model_dump(exclude=_PER_REQUEST_FIELDS))
     logger.info(
         "plan generated model=%s backend=%s confidence=%s delegated=%s "
         "delegation_status=%s reason=%s threshold=%s ratio=%s total_ms=%s",
@@ -87,6 +102,38 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
     return JSONResponse(response.model_dump())
 
 
+# Fields that describe this request rather than its answer; a cached answer gets new ones.
+_PER_REQUEST_FIELDS = {"request_id", "timings_ms", "cached"}
+
+
+def _cacheable(result: PlanResult) -> bool:
+    """True when the same request would get the same answer: no failure changed its route."""
+    return (
+        result.fallback is None
+        and result.delegation_status in ("not_wanted", "completed")
+        and result.plan_problem is None
+    )
+
+
+def _cached_response(
+    stored: dict[str, Any], milliseconds: float, metrics: ServiceMetrics
+) -> JSONResponse:
+    body = {
+        **stored,
+        "request_id": request_id_var.get() or "",
+        "cached": True,
+        "timings_ms": {"cache": round(milliseconds, 3), "total": round(milliseconds, 3)},
+    }
+    metrics.answers.labels("cache", str(stored.get("model"))).inc()
+    logger.info(
+        "plan served from cache model=%s origin=%s total_ms=%.3f",
+        stored.get("model"),
+        stored.get("origin"),
+        milliseconds,
+    )
+    return JSONResponse(body)
+
+
 def _record(metrics: ServiceMetrics, result: PlanResult, planner: Planner) -> None:
     """Count the answer, its stages, its delegation and any fallback."""
     metrics.answers.labels(result.origin, result.model).inc()
@@ -98,6 +145,9 @@ def _record(metrics: ServiceMetrics, result: PlanResult, planner: Planner) -> No
         metrics.fallbacks.labels(result.fallback).inc()
     if result.delegation_status in ("unavailable", "failed"):
         metrics.fallbacks.labels(f"large_model_{result.delegation_status}").inc()
+    if result.decision is not None:
+        metrics.policy_decisions.labels(result.decision.store).inc()
+        metrics.policy_store_shared.set(1 if result.decision.store == "redis" else 0)
     threshold, ratio, _ = planner.policy.snapshot()
     metrics.delegation_threshold.set(threshold)
     metrics.delegation_ratio.set(ratio)
@@ -131,6 +181,7 @@ def _to_response(result: PlanResult) -> PlanResponse:
         ratio=round(decision.ratio, 6) if decision else None,
         samples=decision.samples if decision else None,
         warming_up=decision.warming_up if decision else None,
+        store=decision.store if decision else None,
         error=result.delegation_error,
     )
     return PlanResponse(
