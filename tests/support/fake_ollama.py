@@ -17,6 +17,15 @@ empty they call the responder, which by default replies with `DEFAULT_CONTENT`.
 A request for a model the server does not hold gets 404 {"error": "model 'x' not
 found"}, and each model name without a tag means its ":latest" tag, as in Ollama.
 
+Model creation follows Ollama's two steps. HEAD /api/blobs/<digest> returns 200
+when the blob is stored and 404 when not; POST /api/blobs/<digest> stores the
+body (201, or 200 when already stored) and rejects a body whose SHA-256 differs
+from the digest with 400. POST /api/create rejects a `files` or `adapters` digest
+that was never uploaded with 400, as Ollama does before it starts streaming, then
+streams status lines that end with {"status": "success"} (one JSON object when
+"stream" is false) and adds the model, so /api/tags lists it. Blob uploads are
+recorded with body None, and `blobs` contains their bytes.
+
 Log probabilities are sent only when the request sets "logprobs": true. They use
 Ollama's layout: a top-level "logprobs" list with one {"token", "logprob",
 "bytes"} object per generated token, plus "top_logprobs" when the request sets
@@ -29,6 +38,7 @@ its own daemon thread, so concurrent requests are not serialized.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -55,6 +65,11 @@ SERVER_VERSION = "0.13.0"
 _TOKEN_PATTERN = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 
 Responder = Callable[[dict[str, Any]], "ScriptedReply"]
+
+BLOBS_PATH = "/api/blobs/"
+# Where a Linux Ollama keeps blobs; it appears in the error for a blob never uploaded.
+BLOBS_DIR = "/root/.ollama/models/blobs"
+_DIGEST_PATTERN = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,8 @@ class _ServerState:
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: set[socket.socket] = field(default_factory=set)
     closing: threading.Event = field(default_factory=threading.Event)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # "sha256:<hex>" -> content
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> create request
 
 
 def _default_responder(_request: dict[str, Any]) -> ScriptedReply:
@@ -249,6 +266,25 @@ class FakeOllama:
         """The requests received so far on `path`, such as "/api/chat"."""
         return [request for request in self.requests if request.path == path]
 
+    @property
+    def blobs(self) -> dict[str, bytes]:
+        """The uploaded blobs by digest ("sha256:<hex>")."""
+        with self._state.lock:
+            return dict(self._state.blobs)
+
+    def add_blob(self, data: bytes) -> str:
+        """Store `data` as a blob, as an earlier upload would have, and return its digest."""
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        with self._state.lock:
+            self._state.blobs[digest] = data
+        return digest
+
+    @property
+    def created_models(self) -> dict[str, dict[str, Any]]:
+        """The body of the last successful create request for each model name (with its tag)."""
+        with self._state.lock:
+            return dict(self._state.created)
+
 
 def unused_local_url() -> str:
     """Return an http URL on 127.0.0.1 whose port had no listener a moment ago."""
@@ -262,6 +298,28 @@ def _full_model_name(name: str) -> str:
     """Append Ollama's default ":latest" tag when `name` has none."""
     last_segment = name.rsplit("/", 1)[-1]
     return name if ":" in last_segment else f"{name}:latest"
+
+
+def _normalized_digest(digest: str) -> str | None:
+    """Return "sha256:<lowercase hex>" for either of Ollama's digest spellings, else None."""
+    match = _DIGEST_PATTERN.match(digest)
+    return f"sha256:{match.group(1).lower()}" if match else None
+
+
+def _create_statuses(request: dict[str, Any], layers: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The status lines Ollama streams while it creates a model from uploaded layers."""
+    statuses: list[dict[str, Any]] = []
+    if request.get("files"):
+        statuses.append({"status": "parsing GGUF"})
+    for digest in layers.values():
+        statuses.append({"status": f"using existing layer {_normalized_digest(digest)}"})
+    for key in ("template", "system", "license", "parameters", "messages"):
+        if request.get(key):
+            content = json.dumps(request[key], sort_keys=True).encode("utf-8")
+            layer = f"sha256:{hashlib.sha256(content).hexdigest()}"
+            statuses.append({"status": f"creating new layer {layer}"})
+    statuses += [{"status": "writing manifest"}, {"status": "success"}]
+    return statuses
 
 
 def _timestamp() -> str:
@@ -319,7 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._record(None)
-        status = 200 if self.path == "/" else 404
+        if self.path.startswith(BLOBS_PATH):
+            status = self._blob_head_status(self.path[len(BLOBS_PATH) :])
+        else:
+            status = 200 if self.path == "/" else 404
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", "0")
@@ -329,7 +390,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch({"/": self._root, "/api/tags": self._tags, "/api/version": self._version})
 
     def do_POST(self) -> None:
-        routes = {"/api/chat": self._chat, "/api/generate": self._generate, "/api/show": self._show}
+        if self.path.startswith(BLOBS_PATH):
+            self._upload_blob(self.path[len(BLOBS_PATH) :])
+            return
+        routes = {
+            "/api/chat": self._chat,
+            "/api/generate": self._generate,
+            "/api/show": self._show,
+            "/api/create": self._create,
+        }
         self._dispatch(routes)
 
     def _dispatch(self, routes: Mapping[str, Callable[[Any], None]]) -> None:
@@ -354,6 +423,21 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(raw)
         except ValueError:
             return raw.decode("utf-8", errors="replace")
+
+    def _read_raw_body(self) -> bytes:
+        """Read the body as bytes, whether sent with Content-Length or chunked."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        pieces: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                # Skip any trailer fields up to the blank line that ends the body.
+                while self.rfile.readline().strip():
+                    pass
+                return b"".join(pieces)
+            pieces.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
 
     def _record(self, body: Any) -> None:
         recorded = RecordedRequest(
@@ -386,6 +470,81 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._require_model(name):
             return
         self._send_json(200, _show_response(name))
+
+    def _blob_head_status(self, digest: str) -> int:
+        normalized = _normalized_digest(digest)
+        if normalized is None:
+            return 400
+        with self.state.lock:
+            return 200 if normalized in self.state.blobs else 404
+
+    def _upload_blob(self, digest: str) -> None:
+        data = self._read_raw_body()
+        self._record(None)
+        expected = _normalized_digest(digest)
+        if expected is None:
+            self._send_error_json(400, "invalid digest format")
+            return
+        with self.state.lock:
+            already_stored = expected in self.state.blobs
+        if already_stored:
+            self._send_bytes(200, b"", "text/plain; charset=utf-8")
+            return
+        actual = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        if actual != expected:
+            message = f'digest mismatch, expected "{digest}", got "{actual}"'
+            self._send_error_json(400, message)
+            return
+        with self.state.lock:
+            self.state.blobs[expected] = data
+        self._send_bytes(201, b"", "text/plain; charset=utf-8")
+
+    def _create(self, body: Any) -> None:
+        request = self._require_object(body)
+        if request is None:
+            return
+        name = request.get("model") or request.get("name")
+        if not isinstance(name, str) or not name.strip():
+            self._send_error_json(400, "invalid model name")
+            return
+        layers = {**(request.get("files") or {}), **(request.get("adapters") or {})}
+        for digest in layers.values():
+            normalized = _normalized_digest(str(digest))
+            if normalized is None:
+                self._send_error_json(400, "invalid digest format")
+                return
+            with self.state.lock:
+                stored = normalized in self.state.blobs
+            if not stored:
+                path = f"{BLOBS_DIR}/{normalized.replace(':', '-')}"
+                self._send_error_json(400, f"open {path}: no such file or directory")
+                return
+
+        failure = self._create_failure(request)
+        if failure is None:
+            with self.state.lock:
+                self.state.models.add(_full_model_name(name))
+                self.state.created[_full_model_name(name)] = request
+        if not request.get("stream", True):
+            if failure is None:
+                self._send_json(200, {"status": "success"})
+            else:
+                self._send_error_json(int(failure.get("status", 500)), failure["error"])
+            return
+        lines = [failure] if failure is not None else _create_statuses(request, layers)
+        self._send_ndjson(200, iter(lines))
+
+    def _create_failure(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the error Ollama streams for a create request without usable layers."""
+        source = request.get("from")
+        if not request.get("files") and not source:
+            return {"error": "neither 'from' or 'files' was specified", "status": 400}
+        if source and not request.get("files"):
+            with self.state.lock:
+                known = _full_model_name(str(source)) in self.state.models
+            if not known:
+                return {"error": "pull model manifest: file does not exist"}
+        return None
 
     def _chat(self, body: Any) -> None:
         self._generate_reply(body, chat=True)
