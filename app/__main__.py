@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from dotenv import load_dotenv
@@ -11,6 +13,10 @@ from pydantic import ValidationError
 from app.core.config import get_settings
 from app.domain.calibration import CalibrationError
 from app.main import load_configured_calibration
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main() -> None:
@@ -29,6 +35,11 @@ def main() -> None:
         sys.exit(f"plan-service: invalid settings: {problems}")
     except CalibrationError as error:
         sys.exit(f"plan-service: {error}")
+    # Uvicorn (0.55) ends a signalled shutdown by raising the signal again under the handler it
+    # found, which by default kills the process (exit status -15, 143 in a shell) after a
+    # stop that went as planned. This handler makes that stop exit with 0, and a SIGTERM
+    # that arrives before uvicorn installs its own handler still stops the process.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         "app.main:create_app",
         factory=True,

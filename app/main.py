@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import install_error_handlers
+from app.api.errors import RETRY_AFTER_SECONDS, install_error_handlers, problem_response
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.routes import health, plans
 from app.backends.base import ModelBackend
@@ -224,6 +226,42 @@ def _warn_if_open(settings: Settings, keys: list) -> None:
         )
 
 
+class ShutdownCancellationMiddleware:
+    """Answer 503 to a request that the server cancels while it shuts down."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # Uvicorn cancels the requests still running when SHUTDOWN_GRACE_S runs out and
+            # answers them with a bare 500. A 503 tells the client that a retry can succeed
+            # elsewhere. The cancellation is not raised again, because the request's task
+            # ends here and uvicorn would only log it as an application error.
+            if response_started:
+                raise
+            logger.warning("request cancelled by shutdown path=%s status=503", scope["path"])
+            response = problem_response(
+                503,
+                "Service shutting down",
+                "The service stopped before the plan was ready: retry the request.",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+            await response(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Create the application; backends start in its lifespan, not here."""
     settings = settings or get_settings()
@@ -291,6 +329,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Added first, so it runs inside RequestIdMiddleware and its 413 has a request id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Inside RequestIdMiddleware, so its 503 has a request id and is logged.
+    app.add_middleware(ShutdownCancellationMiddleware)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(plans.router)

@@ -500,8 +500,15 @@ class Planner:
             result.delegation_error = f"the large model returned no usable plan: {extracted.error}"
             logger.warning("large model returned no plan error=%s", extracted.error)
             return
+        problem = self.check_plan(extracted.plan or "")
+        if problem is not None and result.plan and result.plan_problem is None:
+            # A plan that passes the check is never replaced by one that fails it.
+            result.delegation_status = "failed"
+            result.delegation_error = f"the large model's plan fails the plan check: {problem}"
+            logger.warning("large model plan failed the plan check problem=%s", problem)
+            return
         result.plan = extracted.plan or ""
-        result.plan_problem = self.check_plan(result.plan)
+        result.plan_problem = problem
         result.model = "large"
         result.backend = self.large.backend
         result.model_name = self.large.model_name

@@ -168,9 +168,9 @@ class PlanResponse(BaseModel):
     )
     plan_valid: bool = Field(
         description=(
-            "False when the plan parses but fails the plan check (it uses a function that "
-            "no bank example uses): it was delegated if possible, and is returned because "
-            "no better plan was available. Treat it with suspicion."
+            "Always true: a plan that fails the plan check (it does not parse, or uses a "
+            "function that no bank example uses) is never returned; the request gets a 502 "
+            "instead. Kept for clients written against earlier versions."
         ),
         examples=[True],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,17 @@ _CLIENT_ERRORS = (
     httpx.HTTPError,
     ValueError,
     TypeError,
+)
+
+# Text that chat templates use for control tokens: <|im_start|>, <|eot_id|>, <｜User｜>
+# (full-width bars), <start_of_turn>, </s>, <think>, [INST], [/INST]. Ollama renders the
+# messages into the model's template and tokenizes the result with special tokens
+# recognized, so such text in a request would become a real control token there. A `[`
+# right after a word is left alone unless the name inside is upper case, so Lispress types
+# such as Constraint[Event] stay intact.
+_CONTROL_TOKEN_TEXT = re.compile(
+    r"<(?=[|｜])|<(?=/?[A-Za-z_][\w.:-]{0,40}[|｜]?>)"
+    r"|\[(?=/?[A-Z_]{2,40}\])|(?<!\w)\[(?=/?[A-Za-z_]{2,40}\])"
 )
 
 
@@ -240,8 +252,22 @@ def redact_host(host: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def escape_control_tokens(text: str) -> str:
+    """Break up text that a chat template could read as a control token.
+
+    A space goes after the opening `<` or `[`, so `<|im_end|>` reaches the model as
+    `< |im_end|>`, plain text that keeps its words. NOTE: this covers the marker shapes
+    of the common template families listed above; a model whose control tokens look
+    otherwise is not protected.
+    """
+    return _CONTROL_TOKEN_TEXT.sub(lambda match: match.group() + " ", text)
+
+
 def _message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": message.role, "content": message.content} for message in messages]
+    return [
+        {"role": message.role, "content": escape_control_tokens(message.content)}
+        for message in messages
+    ]
 
 
 def _completion_from(response: ollama.ChatResponse) -> Completion:

@@ -557,18 +557,15 @@ def test_unknown_function_is_replaced_by_nearest_example(client, ollama):
     assert body["delegation"]["reason"] == "invalid_plan"
 
 
-def test_unknown_function_is_flagged(client, ollama):
+def test_unknown_function_is_refused(client, ollama):
     ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
 
-    body = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED}).json()
+    response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
 
-    assert body["plan"] == UNKNOWN_FUNCTION_PLAN
-    assert body["plan_valid"] is False
-    assert "LaunchRocket" in body["plan_problem"]
-    assert body["confidence"] == 0.0
-    assert body["confidence_source"] == "invalid_plan"
-    assert body["delegation"]["reason"] == "invalid_plan"
-    assert body["delegation"]["status"] == "unavailable"
+    assert response.status_code == 502
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "fails the plan check" in response.json()["detail"]
+    assert "LaunchRocket" not in response.text
 
 
 def test_known_functions_pass_check(client, ollama):

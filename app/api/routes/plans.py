@@ -48,7 +48,10 @@ _ERRORS = {
         413: "The body is larger than MAX_BODY_BYTES.",
         429: "Too many requests from this key or address; retry after Retry-After seconds.",
         422: "A field is missing, of the wrong type, empty or over its limit.",
-        502: "A model answered with an error or without a usable plan.",
+        502: (
+            "A model answered with an error, without a plan, or with a plan that fails "
+            "the plan check (which is never returned)."
+        ),
         503: "No model backend could be reached; retry after the Retry-After seconds.",
         504: "The model backend timed out.",
     }.items()
@@ -82,6 +85,8 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
             CLIENT_CLOSED_REQUEST, "Client closed request", "The client disconnected."
         )
     result = generation.result()
+    if result.plan_problem is not None:
+        return _refuse_unchecked_plan(result, metrics)
     response = _to_response(result)
     _record(metrics, result, planner)
     if cache_key is not None and _cacheable(result):
@@ -104,6 +109,30 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
 
 # Fields that describe this request rather than its answer; a cached answer gets new ones.
 _PER_REQUEST_FIELDS = {"request_id", "timings_ms", "cached"}
+
+
+def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Response:
+    """Answer 502 instead of a plan that fails the plan check.
+
+    Such a plan uses functions that no bank example uses: a model that
+    followed instructions injected into the utterance, or one that invented a
+    function. It is never returned as a plan, whatever it contains, and the
+    client is not told its function names: they may be the injected text.
+    """
+    metrics.fallbacks.labels("plan_refused").inc()
+    logger.warning(
+        "plan refused: it fails the plan check model=%s problem=%s delegation_status=%s",
+        result.model,
+        result.plan_problem,
+        result.delegation_status,
+    )
+    return problem_response(
+        502,
+        "No valid plan",
+        "The model's plan fails the plan check, and neither a similar example nor the "
+        "large model offered one that passes; the service log has the reason under this "
+        "request id. Rephrase the request, or retry when the large model is available.",
+    )
 
 
 def _cacheable(result: PlanResult) -> bool:
