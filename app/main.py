@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
@@ -262,8 +262,22 @@ class ShutdownCancellationMiddleware:
             await response(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Create the application; backends start in its lifespan, not here."""
+BackendFactory = Callable[[Settings], Awaitable[tuple[ModelBackend, ModelBackend | None]]]
+
+
+async def build_backends(settings: Settings) -> tuple[ModelBackend, ModelBackend | None]:
+    """Start the small and large backends that the settings name."""
+    return await build_small_backend(settings), build_large_backend(settings)
+
+
+def create_app(
+    settings: Settings | None = None, *, backend_factory: BackendFactory = build_backends
+) -> FastAPI:
+    """Create the application; backends start in its lifespan, not here.
+
+    `backend_factory` lets a benchmark or an embedding program bring its own
+    backends; the service uses the ones its settings name.
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -276,8 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         # A bad calibration file stops the start before any model loads.
         calibration = load_configured_calibration(settings)
-        small = await build_small_backend(settings)
-        large = build_large_backend(settings)
+        small, large = await backend_factory(settings)
         logger.info(
             "backends configured small_backend=%s small_model=%s large_backend=%s large_model=%s",
             small.backend,
