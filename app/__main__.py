@@ -35,6 +35,13 @@ def main() -> None:
         sys.exit(f"plan-service: invalid settings: {problems}")
     except CalibrationError as error:
         sys.exit(f"plan-service: {error}")
+    if settings.workers > 1 and not settings.redis_url:
+        print(
+            f"plan-service: warning: WORKERS={settings.workers} without REDIS_URL: each worker "
+            "keeps its own delegation budget and cache, so the fleet may delegate more than "
+            "DELEGATION_MAX_RATIO; set REDIS_URL to share them",
+            file=sys.stderr,
+        )
     # Uvicorn (0.55) ends a signalled shutdown by raising the signal again under the handler it
     # found, which by default kills the process (exit status -15, 143 in a shell) after a
     # stop that went as planned. This handler makes that stop exit with 0, and a SIGTERM
@@ -48,6 +55,7 @@ def main() -> None:
         log_config=None,
         access_log=False,  # RequestIdMiddleware logs each request with its id and latency
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        workers=settings.workers,
     )
 
 

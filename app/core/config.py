@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Largest request body accepted; the largest valid plan request is about 364 KB.
     max_body_bytes: int = Field(524_288, ge=1024)
     port: int = Field(8080, ge=1, le=65535)
+    # Worker processes of `plan-service`. Above 1, set REDIS_URL too, or each worker
+    # keeps its own delegation window, budget and cache.
+    workers: int = Field(1, ge=1, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     # On SIGTERM, requests in flight get this long to finish; new ones are refused.

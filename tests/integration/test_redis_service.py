@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.integration.test_api import MODEL, PLAN, make_settings
+from tests.integration.test_shutdown import free_port, service_environment
 from tests.support.fake_ollama import FakeOllama, ScriptedReply
 
 GENERATE = "/api/inference/generate-plan"
@@ -87,3 +92,37 @@ def test_cache_miss_when_redis_is_down(ollama, redis_server):
     assert again.status_code == 200
     assert again.json()["cached"] is False
     assert len(ollama.requests_to("/api/chat")) == 2
+
+
+def test_workers_share_redis(ollama, redis_server, tmp_path):
+    port = free_port()
+    environment = {
+        **service_environment(port, ollama.url, grace_s=5),
+        "WORKERS": "4",
+        "REDIS_URL": redis_server.url,
+        "RESPONSE_CACHE_TTL_S": "0",
+    }
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=environment, cwd=tmp_path, stdout=log, stderr=log
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("Application startup complete") < 4:
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            assert process.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            responses = [
+                client.post(GENERATE, json={"utterance": f"Who is my manager {index}?"})
+                for index in range(40)
+            ]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=30)
+
+    assert [response.status_code for response in responses] == [200] * 40
+    assert {response.json()["delegation"]["store"] for response in responses} == {"redis"}
+    assert exit_code == 0
