@@ -2,9 +2,9 @@
 
 With several replicas, each one deciding on its own window would drift on its
 own traffic, and the fleet as a whole could exceed the delegation budget. The
-Redis store keeps one window and one budget for all of them: each decision
+Redis store keeps one window and one budget for all of them. Each decision
 (record the confidence, read the threshold, check and count the budget) is one
-Lua script, which Redis runs atomically, so concurrent replicas neither
+Lua script, which Redis runs atomically. So concurrent replicas neither
 overshoot the budget nor lose an update.
 
 When Redis cannot be reached, a replica decides with its local policy, which
@@ -47,7 +47,7 @@ REDIS_RETRY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
-    """Which store the policy uses and whether it answers."""
+    """The store the policy uses, and whether it is reachable."""
 
     backend: str  # "memory" or "redis"
     shared: bool  # True while decisions go through the shared store
@@ -85,8 +85,8 @@ class LocalPolicyStore:
 def connect_redis(url: str, timeout_s: float) -> redis.Redis:
     """Return a client that fails fast: no retries, short timeouts.
 
-    A slow answer from Redis would hold up every request; the local policy is
-    the better answer after `timeout_s`.
+    A slow Redis would hold up every request, so after `timeout_s` the local
+    policy decides instead.
     """
     return redis.Redis.from_url(
         url,

@@ -1,11 +1,11 @@
 """A cache of plan responses, so that a repeated request skips the models entirely.
 
-The key covers everything that decides the answer: the utterance and the
-context turns (Unicode-normalized, runs of whitespace collapsed; case is kept
-because names in the request become literals in the plan), and a namespace
-that changes with the models, the prompt version, the example bank, the
-calibration and the planner settings. A new deployment of any of those starts
-with an empty cache instead of serving old answers.
+The key covers everything that decides the response. First the utterance and
+the context turns, Unicode-normalized with runs of whitespace collapsed. Case
+is kept, because names in the request become literals in the plan. Then a
+namespace that changes with the models, the prompt version, the example bank,
+the calibration and the planner settings: a new deployment of any of those
+starts with an empty cache instead of serving old responses.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class MemoryResponseCache:
 class RedisResponseCache:
     """A cache shared by every replica; Redis expires the entries.
 
-    When Redis fails, a lookup is a miss and a store is skipped: the request is
-    answered by the models, only slower. The client belongs to the caller.
+    When Redis fails, a lookup is a miss and a store is skipped: the models
+    handle the request, only slower. The client belongs to the caller.
     """
 
     backend = "redis"

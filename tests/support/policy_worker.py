@@ -1,7 +1,7 @@
 """A worker process that takes delegation decisions through the shared Redis store.
 
-The fleet test starts several of these on one Redis; each takes confidences
-from a common queue until it gets None, then sends back what it decided.
+The fleet test starts several of these on one Redis. Each takes confidences
+from a common queue until it gets None, then returns its decisions.
 """
 
 from __future__ import annotations

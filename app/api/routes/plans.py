@@ -107,21 +107,21 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
     return JSONResponse(response.model_dump())
 
 
-# Fields that describe this request rather than its answer; a cached answer gets new ones.
+# Fields that describe this request rather than its plan; a cached response gets new ones.
 _PER_REQUEST_FIELDS = {"request_id", "timings_ms", "cached"}
 
 
 def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Response:
-    """Answer 502 instead of a plan that fails the plan check.
+    """Return a 502 problem instead of a plan that fails the plan check.
 
     Such a plan uses functions that no bank example uses: a model that
     followed instructions injected into the utterance, or one that invented a
     function. It is never returned as a plan, whatever it contains, and the
     client is not told its function names: they may be the injected text.
     """
-    metrics.fallbacks.labels("plan_refused").inc()
+    metrics.fallbacks.labels("plan_rejected").inc()
     logger.warning(
-        "plan refused: it fails the plan check model=%s problem=%s delegation_status=%s",
+        "plan rejected: it fails the plan check model=%s problem=%s delegation_status=%s",
         result.model,
         result.plan_problem,
         result.delegation_status,
@@ -136,7 +136,7 @@ def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Respo
 
 
 def _cacheable(result: PlanResult) -> bool:
-    """True when the same request would get the same answer: no failure changed its route."""
+    """Return True when the same request would get the same plan: no failure changed its route."""
     return (
         result.fallback is None
         and result.delegation_status in ("not_wanted", "completed")
