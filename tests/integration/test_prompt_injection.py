@@ -64,6 +64,7 @@ COMPLIANT_REPLIES = {
     "unbalanced": f"( Yield :output ( {INVENTED_FUNCTION} :owner ( CurrentUser )",
 }
 
+
 def cases(injections: list[str], replies: list[str]) -> list:
     """Pair each injection with each reply."""
     return [

@@ -93,7 +93,7 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         await cache.put(cache_key, response.model_dump(exclude=_PER_REQUEST_FIELDS))
     logger.info(
         "plan generated model=%s backend=%s confidence=%s delegated=%s "
-        "delegation_status=%s reason=%s threshold=%s ratio=%s total_ms=%s",
+        "delegation_status=%s reason=%s threshold=%s ratio=%s store=%s total_ms=%s",
         response.model,
         response.backend,
         response.confidence,
@@ -102,6 +102,7 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         response.delegation.reason,
         response.delegation.threshold,
         response.delegation.ratio,
+        response.delegation.store,
         result.timings_ms.get("total"),
     )
     return JSONResponse(response.model_dump())
