@@ -10,11 +10,13 @@ from app.core.config import Settings
 from app.planner import Planner
 
 
-def get_planner(request: Request) -> Planner:
+# Async, because FastAPI runs a plain `def` dependency on a worker thread: a hand-off
+# per request for what is an attribute lookup.
+async def get_planner(request: Request) -> Planner:
     return request.app.state.planner
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     return request.app.state.settings
 
 

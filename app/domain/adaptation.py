@@ -12,6 +12,7 @@ left as it was.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 from app.domain.lispress import LispressError, Sexp, Str, parse, render
@@ -33,19 +34,30 @@ def adapt_plan(example_utterance: str, example_plan: str, utterance: str) -> str
     The plan comes back unchanged, as normalized text, when nothing can be
     carried over, and as given when it does not parse.
     """
-    try:
-        tree = parse(example_plan)
-    except LispressError:
+    parsed = _parsed_plan(example_plan)
+    if parsed is None:
         return example_plan
-    literals = _literals(tree)
+    tree, normalized, literals = parsed
     if not literals:
-        return render(tree)
+        return normalized
     replacements = _replacements(
         utterance_words(example_utterance), utterance_words(utterance), literals
     )
     if not replacements:
-        return render(tree)
+        return normalized
     return render(_substitute(tree, replacements))
+
+
+# Bank plans recur in every request that retrieves their example, and parsing them
+# cost more than everything else in a request with an instant model.
+@functools.lru_cache(maxsize=65_536)
+def _parsed_plan(plan: str) -> tuple[Sexp, str, frozenset[str]] | None:
+    """Return the plan's tree, its normalized text and its literals; None when it does not parse."""
+    try:
+        tree = parse(plan)
+    except LispressError:
+        return None
+    return tree, render(tree), frozenset(_literals(tree))
 
 
 def _is_number(text: str) -> bool:
@@ -67,7 +79,7 @@ def _literals(tree: Sexp) -> set[str]:
     return found
 
 
-def _replacements(old: list[str], new: list[str], literals: set[str]) -> dict[str, str]:
+def _replacements(old: list[str], new: list[str], literals: frozenset[str]) -> dict[str, str]:
     """Map each replaced run of example words that a literal contains to the request's words.
 
     The keys are lower-cased. A run that is a whole literal replaces it, and a
