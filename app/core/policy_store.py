@@ -262,9 +262,7 @@ local function decide(confidence, plan_valid)
   local delegated = tonumber(redis.call('HGET', KEYS[4], 'delegated') or '0')
   local decisions = redis.call('LLEN', KEYS[3])
   local delegate, reason
-  if not plan_valid then
-    delegate, reason = true, 'invalid_plan'
-  elseif tonumber(confidence) > tonumber(threshold) then
+  if plan_valid and tonumber(confidence) > tonumber(threshold) then
     delegate, reason = false, 'above_threshold'
   else
     local full = decisions >= ratio_window
@@ -274,7 +272,7 @@ local function decide(confidence, plan_valid)
     local decisions_after = decisions
     if not full then decisions_after = decisions + 1 end
     if delegated_after <= max_ratio * decisions_after + 1e-9 then
-      delegate, reason = true, 'low_confidence'
+      delegate, reason = true, plan_valid and 'low_confidence' or 'invalid_plan'
     else
       delegate, reason = false, 'budget_exhausted'
     end

@@ -22,7 +22,7 @@ class DelegationReason(StrEnum):
     """The reason a request was or was not delegated."""
 
     LOW_CONFIDENCE = "low_confidence"  # at or below the threshold, within budget
-    INVALID_PLAN = "invalid_plan"  # the small plan is unusable, whatever the budget
+    INVALID_PLAN = "invalid_plan"  # the small plan is unusable, within budget
     ABOVE_THRESHOLD = "above_threshold"  # confident enough: the small plan is returned
     BUDGET_EXHAUSTED = "budget_exhausted"  # low confidence, but the budget is spent
 
@@ -92,8 +92,9 @@ class DelegationPolicy:
 
         The threshold comes from the confidences seen before this one, so a
         request never sits inside its own percentile. An invalid plan is
-        delegated whatever the threshold and the budget, because returning it
-        is of no use. It still counts towards the ratio.
+        delegated whatever the threshold, because returning it is of no use,
+        but only within the budget: otherwise a client could make every
+        request reach the large model with utterances the small model fails on.
         """
         confidence = _checked(confidence)
         with self._lock:
@@ -101,12 +102,13 @@ class DelegationPolicy:
             warming_up = samples < self.config.min_samples
             threshold = self.config.warmup_threshold if warming_up else self._percentile()
 
-            if not plan_valid:
-                delegate, reason = True, DelegationReason.INVALID_PLAN
-            elif confidence > threshold:
+            if plan_valid and confidence > threshold:
                 delegate, reason = False, DelegationReason.ABOVE_THRESHOLD
             elif self._within_budget():
-                delegate, reason = True, DelegationReason.LOW_CONFIDENCE
+                delegate = True
+                reason = (
+                    DelegationReason.LOW_CONFIDENCE if plan_valid else DelegationReason.INVALID_PLAN
+                )
             else:
                 delegate, reason = False, DelegationReason.BUDGET_EXHAUSTED
 

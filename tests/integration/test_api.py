@@ -57,6 +57,14 @@ def client(ollama) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture
+def unbudgeted_client(ollama) -> Iterator[TestClient]:
+    """A client of a service whose delegation budget admits the very first request."""
+    settings = make_settings(ollama.url, delegation_max_ratio=1.0)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
 def test_plan_from_small_model(client, ollama):
     ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.9)))
 
@@ -209,10 +217,12 @@ UNMATCHED = "Xyzzy plugh?"
 BOSS_PLAN = "( Yield :output ( FindManager :recipient ( toRecipient ( CurrentUser ) ) ) )"
 
 
-def test_unusable_small_output_falls_back_to_nearest_example(client, ollama):
+def test_unusable_small_output_falls_back_to_nearest_example(unbudgeted_client, ollama):
     ollama.enqueue(ScriptedReply(content="I am sorry, I cannot do that."))
 
-    body = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"}).json()
+    body = unbudgeted_client.post(
+        "/api/inference/generate-plan", json={"utterance": "Who is my boss?"}
+    ).json()
 
     assert body["plan"] == BOSS_PLAN
     assert body["origin"] == "nearest_example"
@@ -348,7 +358,7 @@ def test_confident_answer_skips_large_model(ollama, bedrock):
 def test_invalid_small_plan_goes_to_large(ollama, bedrock):
     ollama.enqueue(ScriptedReply(content="( Yield :output ( FindReports", default_logprob=-0.01))
 
-    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=0.2)).json()
+    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=1.0)).json()
 
     assert body["plan"] == LARGE_PLAN
     assert body["confidence"] == 0.0
@@ -543,10 +553,12 @@ def test_client_disconnect_cancels_generation(ollama, capfd):
 UNKNOWN_FUNCTION_PLAN = "( Yield :output ( LaunchRocket :target ( CurrentUser ) ) )"
 
 
-def test_unknown_function_is_replaced_by_nearest_example(client, ollama):
+def test_unknown_function_is_replaced_by_nearest_example(unbudgeted_client, ollama):
     ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
 
-    body = client.post("/api/inference/generate-plan", json={"utterance": "boss?"}).json()
+    body = unbudgeted_client.post(
+        "/api/inference/generate-plan", json={"utterance": "boss?"}
+    ).json()
 
     assert body["plan"] == BOSS_PLAN
     assert body["plan_valid"] is True
@@ -580,7 +592,7 @@ def test_known_functions_pass_check(client, ollama):
 def test_unknown_function_goes_to_large(ollama, bedrock):
     ollama.enqueue(ScriptedReply(content=UNKNOWN_FUNCTION_PLAN, default_logprob=-0.01))
 
-    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=0.2)).json()
+    body = ask(with_large(ollama.url, bedrock, delegation_max_ratio=1.0)).json()
 
     assert body["plan"] == LARGE_PLAN
     assert body["plan_valid"] is True
@@ -604,12 +616,12 @@ def test_repeated_request_served_from_cache(client, ollama):
     assert len(ollama.requests_to("/api/chat")) == 1
 
 
-def test_fallback_answer_not_cached(client, ollama):
+def test_fallback_answer_not_cached(unbudgeted_client, ollama):
     ollama.enqueue(ScriptedReply(content="not a plan"), ScriptedReply(content="not a plan"))
     body = {"utterance": "Who is my boss?"}
 
-    first = client.post("/api/inference/generate-plan", json=body).json()
-    second = client.post("/api/inference/generate-plan", json=body).json()
+    first = unbudgeted_client.post("/api/inference/generate-plan", json=body).json()
+    second = unbudgeted_client.post("/api/inference/generate-plan", json=body).json()
 
     assert first["delegation"]["status"] == "unavailable"  # no large model configured
     assert second["cached"] is False

@@ -107,15 +107,26 @@ def test_no_burst_after_window_slides():
     assert longest_run <= 1
 
 
-def test_invalid_plan_is_always_delegated():
-    policy = make_policy()
-    for _ in range(5):
-        policy.decide(0.0)
+def test_invalid_plan_delegated_above_threshold():
+    policy = make_policy(min_samples=10)
+    for _ in range(10):
+        policy.decide(0.5)
 
-    decision = policy.decide(0.0, plan_valid=False)
+    decision = policy.decide(0.9, plan_valid=False)
 
     assert decision.delegate
     assert decision.reason is DelegationReason.INVALID_PLAN
+
+
+def test_invalid_plans_respect_budget():
+    policy = make_policy(min_samples=10)
+    for _ in range(10):
+        policy.decide(0.9)
+
+    decisions = [policy.decide(0.9, plan_valid=False) for _ in range(20)]
+
+    assert sum(decision.delegate for decision in decisions) == 6  # 6 of 30 is 20%
+    assert DelegationReason.BUDGET_EXHAUSTED in {decision.reason for decision in decisions}
 
 
 def test_budget_exhausted_reason():

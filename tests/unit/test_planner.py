@@ -231,7 +231,10 @@ async def test_unusable_generation_uses_nearest_example_and_is_delegated():
 
     small.complete = complete  # type: ignore[method-assign]
 
-    result = await bank_planner(small).generate("who is my manager")
+    # Nine earlier requests, none delegated: the budget has room for this one.
+    warm = DelegationPolicy(DelegationConfig(min_samples=1, window_size=10), [0.9] * 9)
+
+    result = await bank_planner(small, policy=LocalPolicyStore(warm)).generate("who is my manager")
 
     assert result.plan == BOSS
     assert result.origin == "nearest_example"
