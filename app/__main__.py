@@ -9,9 +9,12 @@ from types import FrameType
 import uvicorn
 from dotenv import load_dotenv
 from pydantic import ValidationError
+from uvicorn.server import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.domain.calibration import CalibrationError
+from app.domain.example_bank import BankError, load_bank
 from app.main import load_configured_calibration
 
 
@@ -25,15 +28,10 @@ def main() -> None:
     load_dotenv(override=False)
     try:
         settings = get_settings()
-        # Checked here too, so that a bad file is one clear line instead of a traceback.
-        load_configured_calibration(settings)
+        _check_files(settings)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
-            for item in error.errors()
-        )
-        sys.exit(f"plan-service: invalid settings: {problems}")
-    except CalibrationError as error:
+        sys.exit(f"plan-service: invalid settings: {_describe(error)}")
+    except (CalibrationError, BankError, FileNotFoundError) as error:
         sys.exit(f"plan-service: {error}")
     if settings.workers > 1 and not settings.redis_url:
         print(
@@ -47,7 +45,7 @@ def main() -> None:
     # stop that went as planned. This handler makes that stop exit with 0, and a SIGTERM
     # that arrives before uvicorn installs its own handler still stops the process.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:create_app",
         factory=True,
         host=settings.host,
@@ -57,6 +55,37 @@ def main() -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         workers=settings.workers,
     )
+    if settings.workers == 1:
+        uvicorn.Server(config).run()
+        return
+    # uvicorn.run would return normally, and the process exit with 0, when a worker
+    # fails to start; a process manager must see the failure.
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit("plan-service: a worker failed to start (its error is logged above)")
+
+
+def _check_files(settings: Settings) -> None:
+    """Read the files the service needs, so that a bad one is one line, not a traceback.
+
+    Each worker reads them again when it starts; this check runs once, first.
+    """
+    load_configured_calibration(settings)
+    load_bank(settings.examples_path)
+    model_path = settings.embedded_model_path
+    if settings.resolved_small_backend == "llama-cpp" and model_path and not model_path.is_file():
+        raise FileNotFoundError(f"EMBEDDED_MODEL_PATH {model_path} does not exist: fix or unset it")
+
+
+def _describe(error: ValidationError) -> str:
+    """Join pydantic's errors into one line, each led by the variable at fault."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in item["loc"]).upper()
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_connections(self) -> Settings:
+        if self.small_model_backend == "ollama" and not self.ollama_host:
+            raise ValueError(
+                "SMALL_MODEL_BACKEND=ollama needs OLLAMA_HOST, e.g. http://127.0.0.1:11434"
+            )
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "REDIS_URL must start with redis://, rediss:// or unix://, "
+                "e.g. redis://127.0.0.1:6379/0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_window_sizes(self) -> Settings:
         if self.delegation_min_samples > self.delegation_window_size:
             raise ValueError(
