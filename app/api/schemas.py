@@ -18,8 +18,9 @@ _EXAMPLE_PLAN = (
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain at least one non-whitespace character")
+    # Blank or invisible text (zero-width spaces) would still cost a full generation.
+    if not any(character.isalnum() for character in value):
+        raise ValueError("must contain at least one letter or digit")
     return value
 
 
@@ -75,7 +76,10 @@ class PlanRequest(BaseModel):
     utterance: str = Field(
         min_length=1,
         max_length=UTTERANCE_MAX_CHARS,
-        description=f"What the user said: 1 to {UTTERANCE_MAX_CHARS} characters, not blank.",
+        description=(
+            f"What the user said: 1 to {UTTERANCE_MAX_CHARS} characters, with at least one "
+            "letter or digit."
+        ),
         examples=["Schedule lunch with Jennifer and her team tomorrow at noon."],
     )
     context: list[ContextTurn] = Field(

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     # with bursts of RATE_LIMIT_BURST. 0 turns the limit off.
     rate_limit_per_minute: float = Field(60.0, ge=0)
     rate_limit_burst: int = Field(10, ge=1)
-    # Largest request body accepted; the largest valid plan request is about 364 KB.
-    max_body_bytes: int = Field(524_288, ge=1024)
+    # Largest request body accepted. The largest valid plan request is about 364 KB as
+    # UTF-8, and 541 KB with non-ASCII text escaped, as json.dumps does by default.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
     port: int = Field(8080, ge=1, le=65535)
     # Worker processes of `plan-service`. Above 1, set REDIS_URL too, or each worker
     # keeps its own delegation window, budget and cache.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.schemas import CONTEXT_TEXT_MAX_CHARS, UTTERANCE_MAX_CHARS
 from app.core.api_keys import new_key
 from app.core.config import Settings
 from app.main import create_app
@@ -179,3 +181,24 @@ def test_chunked_large_body_is_413(ollama):
 
     assert response.status_code == 413
     assert ollama.requests_to("/api/chat") == []
+
+
+def test_largest_valid_request_fits_default_limit(ollama):
+    wide = "日"  # six bytes once json.dumps escapes it, as it does by default
+    turn = {
+        "utterance": wide * UTTERANCE_MAX_CHARS,
+        "plan": wide * CONTEXT_TEXT_MAX_CHARS,
+        "agent_reply": wide * CONTEXT_TEXT_MAX_CHARS,
+    }
+    body = json.dumps({"utterance": wide * UTTERANCE_MAX_CHARS, "context": [turn] * 10})
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    with TestClient(create_app(settings(ollama.url))) as client:
+        response = client.post(
+            PLAN_URL,
+            content=body,
+            headers={"X-API-Key": GENERATE_SECRET, "Content-Type": "application/json"},
+        )
+
+    assert len(body) > 512 * 1024
+    assert response.status_code != 413
