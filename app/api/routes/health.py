@@ -38,8 +38,11 @@ async def health() -> HealthResponse:
 )
 async def metrics(request: Request) -> PlainTextResponse:
     """Return the service's metrics in the Prometheus text format."""
-    registry = request.app.state.metrics.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    metrics = request.app.state.metrics
+    # Read at scrape time: decisions alone would leave it stale through a quiet outage.
+    store = await request.app.state.planner.policy.probe()
+    metrics.policy_store_shared.set(1 if store.shared else 0)
+    return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
