@@ -31,7 +31,7 @@ from app.core.response_cache import (
 from app.core.tracing import configure_tracing
 from app.domain.calibration import Calibration, CalibrationError, load_calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
-from app.domain.example_bank import bank_functions, load_bank
+from app.domain.example_bank import bank_arguments, bank_functions, load_bank
 from app.domain.prompts import PROMPT_VERSION
 from app.domain.retrieval import ExampleIndex
 from app.planner import Planner
@@ -177,6 +177,7 @@ def build_planner(
         small_context_turns=settings.small_model_context_turns,
         large_max_tokens=settings.large_model_max_tokens,
         known_functions=bank_functions(index.examples),
+        known_arguments=bank_arguments(index.examples),
         bank_answer_similarity=settings.bank_answer_similarity,
         candidate_count=settings.candidate_count,
         calibration=calibration,

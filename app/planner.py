@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -31,7 +31,13 @@ from app.domain.adaptation import adapt_plan
 from app.domain.calibration import Calibration
 from app.domain.delegation import DelegationDecision
 from app.domain.dialogue import Turn
-from app.domain.lispress import function_names, parse, tokenize
+from app.domain.lispress import (
+    argument_names,
+    function_names,
+    parse,
+    structure_problems,
+    tokenize,
+)
 from app.domain.plan_output import ExtractedPlan, extract_plan
 from app.domain.prompts import build_messages
 from app.domain.retrieval import ExampleIndex, ScoredExample
@@ -50,16 +56,31 @@ DelegationStatus = Literal["not_wanted", "completed", "unavailable", "failed"]
 # plans, so the nearest example's adapted plan is returned in its place.
 PlanOrigin = Literal["generated", "ranked_example", "nearest_example", "bank_answer", "large_model"]
 BANK_BACKEND = "example-bank"
+# Failure sentences shown to API clients in `delegation.error` or a problem's detail.
+# The specifics (the parse error, the backend's message) go to the service log.
+NO_LARGE_MODEL = "No large model is configured."
+SMALL_NO_PLAN = "The small model returned no usable plan."
+LARGE_NO_PLAN = "The large model returned no usable plan."
 
 
 class PlanUnavailableError(Exception):
-    """No backend produced a usable plan. `backend_errors` maps each backend to its error."""
+    """No backend produced a usable plan.
 
-    def __init__(self, status_code: int, backend_errors: dict[str, str]) -> None:
+    `backend_errors` maps each backend to its detailed error, for the service log.
+    `public_errors` has one sentence per failed model that an API client may see.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        backend_errors: dict[str, str],
+        public_errors: Sequence[str] = (),
+    ) -> None:
         details = "; ".join(f"{name}: {error}" for name, error in backend_errors.items())
         super().__init__(f"no usable plan ({details})")
         self.status_code = status_code
         self.backend_errors = backend_errors
+        self.public_errors = tuple(public_errors)
 
 
 @dataclass(slots=True)
@@ -158,6 +179,7 @@ class Planner:
         small_max_tokens: int,
         large_max_tokens: int,
         known_functions: frozenset[str] | None = None,
+        known_arguments: Mapping[str, frozenset[str]] | None = None,
         bank_answer_similarity: float = 2.0,
         candidate_count: int = 0,
         calibration: Calibration | None = None,
@@ -167,7 +189,8 @@ class Planner:
 
         `known_functions` are the function names a plan may use, normally those of
         the example bank; a plan with any other name fails the plan check. None
-        turns the check off. A request whose nearest example has at least
+        turns the check off. `known_arguments` maps each function to the keywords
+        its calls may pass. A request whose nearest example has at least
         `bank_answer_similarity` is answered from the bank (above 1: never).
         `candidate_count` nearest examples' adapted plans compete with the small
         model's plan when the backend can score them. `calibration` turns the
@@ -183,6 +206,7 @@ class Planner:
         self.small_max_tokens = small_max_tokens
         self.large_max_tokens = large_max_tokens
         self.known_functions = known_functions
+        self.known_arguments = known_arguments
         self.bank_answer_similarity = bank_answer_similarity
         self.candidate_count = candidate_count
         self.calibration = calibration
@@ -279,14 +303,18 @@ class Planner:
                 span.set_attribute("delegation.status", result.delegation_status)
         if not result.plan:
             generated_error = answer.generated.error if answer.generated else None
+            large_error = result.delegation_error or (
+                NO_LARGE_MODEL
+                if self.large is None
+                else f"The large model was not asked (reason: {decision.reason})."
+            )
             raise PlanUnavailableError(
                 502,
                 {
                     self.small.backend: f"returned no usable plan: {generated_error}",
-                    self.large.backend if self.large else "large model": (
-                        result.delegation_error or "not configured"
-                    ),
+                    self.large.backend if self.large else "large model": large_error,
                 },
+                [SMALL_NO_PLAN, large_error],
             )
         timings["total"] = _elapsed_ms(started)
         return result
@@ -466,17 +494,29 @@ class Planner:
         """Return why a parseable plan fails the plan check, or None when it passes."""
         if self.known_functions is None:
             return None
-        unknown = sorted(function_names(parse(plan)) - self.known_functions)
-        if not unknown:
+        tree = parse(plan)
+        malformed = structure_problems(tree)
+        if malformed:
+            return f"the plan is malformed: {_listed(malformed)}"
+        unknown = sorted(function_names(tree) - self.known_functions)
+        if unknown:
+            return f"the plan uses functions that no bank example uses: {_listed(unknown)}"
+        if self.known_arguments is None:
             return None
-        listed = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        return f"the plan uses functions that no bank example uses: {listed}"
+        unseen = sorted(
+            f"{function} {keyword}"
+            for function, keyword in argument_names(tree)
+            if keyword not in self.known_arguments.get(function, frozenset())
+        )
+        if unseen:
+            return f"the plan passes arguments that no bank example passes: {_listed(unseen)}"
+        return None
 
     async def _delegate(self, result: PlanResult, messages: list) -> None:
         """Ask the large model. On failure, keep the small plan and record the error."""
         if self.large is None:
             result.delegation_status = "unavailable"
-            result.delegation_error = "no large model is configured (LARGE_MODEL_BACKEND=none)"
+            result.delegation_error = NO_LARGE_MODEL
             return
         started = time.perf_counter()
         try:
@@ -484,7 +524,7 @@ class Planner:
         except BackendError as error:
             result.timings_ms["large_model"] = _elapsed_ms(started)
             result.delegation_status = "unavailable" if error.status_code == 503 else "failed"
-            result.delegation_error = error.message
+            result.delegation_error = error.public_message("large")
             logger.warning(
                 "large model failed backend=%s error_type=%s error=%s",
                 self.large.backend,
@@ -497,14 +537,14 @@ class Planner:
         extracted = extract_plan(completion.text)
         if not extracted.valid:
             result.delegation_status = "failed"
-            result.delegation_error = f"the large model returned no usable plan: {extracted.error}"
+            result.delegation_error = LARGE_NO_PLAN
             logger.warning("large model returned no plan error=%s", extracted.error)
             return
         problem = self.check_plan(extracted.plan or "")
         if problem is not None and result.plan and result.plan_problem is None:
             # A plan that passes the check is never replaced by one that fails it.
             result.delegation_status = "failed"
-            result.delegation_error = f"the large model's plan fails the plan check: {problem}"
+            result.delegation_error = f"The large model's plan fails the plan check: {problem}"
             logger.warning("large model plan failed the plan check problem=%s", problem)
             return
         result.plan = extracted.plan or ""
@@ -526,8 +566,9 @@ class Planner:
     ) -> PlanResult:
         """Ask the large model alone. The policy records nothing, having no confidence."""
         errors = {small_error.backend: small_error.message}
+        public_errors = [small_error.public_message("small")]
         if self.large is None:
-            raise PlanUnavailableError(small_error.status_code, errors)
+            raise PlanUnavailableError(small_error.status_code, errors, public_errors)
 
         large_started = time.perf_counter()
         try:
@@ -536,15 +577,16 @@ class Planner:
                 completion = await self.large.complete(messages, max_tokens=self.large_max_tokens)
         except BackendError as error:
             errors[error.backend] = error.message
+            public_errors.append(error.public_message("large"))
             # The small model's failure decides the status: a timeout stays a 504, and only
             # an unreachable or throttled small model makes it a 503 that invites a retry.
-            raise PlanUnavailableError(small_error.status_code, errors) from error
+            raise PlanUnavailableError(small_error.status_code, errors, public_errors) from error
         timings["large_model"] = _elapsed_ms(large_started)
 
         extracted = extract_plan(completion.text)
         if not extracted.valid:
             errors[self.large.backend] = f"returned no usable plan: {extracted.error}"
-            raise PlanUnavailableError(502, errors)
+            raise PlanUnavailableError(502, errors, [*public_errors, LARGE_NO_PLAN])
         timings["total"] = _elapsed_ms(started)
         return PlanResult(
             plan=extracted.plan or "",
@@ -613,6 +655,10 @@ def vote_for_plans(utterance: str, few_shot: list[ScoredExample]) -> list[Candid
         Candidate(plan, "ranked_example", first_example[plan], vote=weights[plan] / total)
         for plan in ranked
     ]
+
+
+def _listed(items: list[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (" ..." if len(items) > most else "")
 
 
 def _tokens_note(output_tokens: int | None) -> str:

@@ -107,15 +107,24 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _plan_unavailable(request: Request, exc: PlanUnavailableError) -> JSONResponse:
-    failed = ", ".join(exc.backend_errors)
-    detail = "No model produced a usable plan. " + "; ".join(
-        f"{backend}: {error}" for backend, error in exc.backend_errors.items()
+    # The client gets one sentence per failed model. The backends' own messages name
+    # hosts, model ids, regions and credential set-up, so they go to the log only.
+    detail = " ".join(
+        [
+            "No model produced a usable plan.",
+            *exc.public_errors,
+            "The service log has the details under this request id.",
+        ]
     )
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code == 503 else None
     title = {503: "Model backends unavailable", 504: "Model backend timed out"}.get(
         exc.status_code, "Model backend failed"
     )
-    logger.error("plan unavailable status=%s failed_backends=%s", exc.status_code, failed)
+    logger.warning(
+        "plan unavailable status=%s errors=%s",
+        exc.status_code,
+        "; ".join(f"{backend}: {error}" for backend, error in exc.backend_errors.items()),
+    )
     return problem_response(exc.status_code, title, detail, headers=headers)
 
 

@@ -21,9 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from app.domain.dialogue import Example, Turn
-from app.domain.lispress import LispressError, function_names, normalize, parse
+from app.domain.lispress import (
+    LispressError,
+    argument_names,
+    function_names,
+    normalize,
+    parse,
+)
 
-__all__ = ["BankError", "example_to_json", "load_bank", "write_bank"]
+__all__ = [
+    "BankError",
+    "bank_arguments",
+    "bank_functions",
+    "example_to_json",
+    "load_bank",
+    "write_bank",
+]
 
 
 class BankError(ValueError):
@@ -202,6 +215,15 @@ def write_bank(path: str | os.PathLike[str], examples: Iterable[Example]) -> int
         temporary_path.unlink(missing_ok=True)
         raise
     return len(lines)
+
+
+def bank_arguments(examples: Iterable[Example]) -> dict[str, frozenset[str]]:
+    """Map each function of the examples' plans to the keywords its calls use there."""
+    arguments: dict[str, set[str]] = {}
+    for example in examples:
+        for function, keyword in argument_names(parse(example.plan)):
+            arguments.setdefault(function, set()).add(keyword)
+    return {function: frozenset(keywords) for function, keywords in arguments.items()}
 
 
 def bank_functions(examples: Iterable[Example]) -> frozenset[str]:

@@ -22,12 +22,14 @@ __all__ = [
     "LispressError",
     "Sexp",
     "Str",
+    "argument_names",
     "function_names",
     "normalize",
     "parse",
     "parse_prefix",
     "plans_equal",
     "render",
+    "structure_problems",
     "tokenize",
 ]
 
@@ -200,3 +202,55 @@ def function_names(sexp: Sexp) -> set[str]:
                 names.add(node[0])
             pending.extend(node)
     return names
+
+
+def argument_names(sexp: Sexp) -> set[tuple[str, str]]:
+    """Collect (function, keyword) for each keyword argument of a function call."""
+    pairs: set[tuple[str, str]] = set()
+    pending = [sexp]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, tuple):
+            continue
+        pending.extend(node)
+        if node and _is_function(node[0]):
+            pairs.update((node[0], item) for item in node[1:] if _is_keyword(item))
+    return pairs
+
+
+def structure_problems(sexp: Sexp) -> list[str]:
+    """Describe what makes a parsed plan ill-formed beyond its brackets; empty when nothing.
+
+    A list starts with a function name or, as an accessor such as `( :id x )`,
+    with a keyword and exactly one argument. In a call, every keyword is
+    followed by its value.
+    """
+    problems: list[str] = []
+    pending = [sexp]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, tuple):
+            continue
+        pending.extend(node)
+        if not node:
+            problems.append("an empty list")
+        elif _is_keyword(node[0]):
+            if len(node) != 2:
+                problems.append(f"accessor {node[0]} with {len(node) - 1} arguments instead of 1")
+        elif not _is_function(node[0]):
+            problems.append("a list that does not start with a function name")
+        else:
+            for position, item in enumerate(node[1:], start=1):
+                if _is_keyword(item) and (
+                    position + 1 == len(node) or _is_keyword(node[position + 1])
+                ):
+                    problems.append(f"{node[0]} argument {item} without a value")
+    return problems
+
+
+def _is_keyword(node: Sexp) -> bool:
+    return isinstance(node, str) and node.startswith(":")
+
+
+def _is_function(node: Sexp) -> bool:
+    return isinstance(node, str) and not node.startswith(":")

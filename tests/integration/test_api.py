@@ -45,6 +45,21 @@ def make_settings(ollama_url: str, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def warning_line(capfd: pytest.CaptureFixture[str], request_id: str, event: str) -> str:
+    """Return the WARNING log line of `event` logged under `request_id`, or "" when none was.
+
+    Reads and clears what the test has written to stderr, so call it once per test.
+    """
+    for line in capfd.readouterr().err.splitlines():
+        if " WARNING " in line and f"[{request_id}] {event}" in line:
+            return line
+    return ""
+
+
+def plan_unavailable_log(capfd: pytest.CaptureFixture[str], request_id: str) -> str:
+    return warning_line(capfd, request_id, "plan unavailable")
+
+
 @pytest.fixture
 def ollama() -> Iterator[FakeOllama]:
     with FakeOllama(models=[MODEL]) as server:
@@ -147,7 +162,8 @@ def test_request_id_is_echoed(client, ollama):
     [
         ({}, "utterance", "Field required"),
         ({"utterance": ""}, "utterance", "at least 1 character"),
-        ({"utterance": "   "}, "utterance", "non-whitespace"),
+        ({"utterance": "   "}, "utterance", "letter or digit"),
+        ({"utterance": "\u200b\u200b"}, "utterance", "letter or digit"),
         ({"utterance": 42}, "utterance", "valid string"),
         ({"utterance": "x" * (UTTERANCE_MAX_CHARS + 1)}, "utterance", f"{UTTERANCE_MAX_CHARS}"),
         ({"utterance": "hi", "mood": "happy"}, "mood", "Unknown field"),
@@ -158,7 +174,17 @@ def test_request_id_is_echoed(client, ollama):
         ),
         ({"utterance": "hi", "context": [{"plan": "( A )"}]}, "context[0].utterance", "required"),
     ],
-    ids=["missing", "empty", "blank", "number", "too-long", "extra", "context-long", "turn"],
+    ids=[
+        "missing",
+        "empty",
+        "blank",
+        "invisible",
+        "number",
+        "too-long",
+        "extra",
+        "context-long",
+        "turn",
+    ],
 )
 def test_invalid_request_names_field(client, payload, field, words):
     response = client.post("/api/inference/generate-plan", json=payload)
@@ -190,7 +216,7 @@ def test_ollama_down_is_503(ollama):
 
     assert response.status_code == 503
     assert response.headers["retry-after"]
-    assert "ollama" in response.json()["detail"]
+    assert "The small model could not be reached." in response.json()["detail"]
     assert "Traceback" not in response.text
 
 
@@ -200,7 +226,7 @@ def test_ollama_timeout_is_504(client, ollama):
     response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
 
     assert response.status_code == 504
-    assert "ollama" in response.json()["detail"]
+    assert "The small model timed out." in response.json()["detail"]
 
 
 def test_ollama_server_error_is_502(client, ollama):
@@ -208,8 +234,72 @@ def test_ollama_server_error_is_502(client, ollama):
 
     response = client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
 
+    detail = response.json()["detail"]
     assert response.status_code == 502
-    assert "llama runner process has terminated" in response.json()["detail"]
+    assert "The small model returned an error or an invalid response." in detail
+    assert "llama runner process has terminated" not in detail
+
+
+def test_503_body_hides_ollama_url(capfd):
+    url = unused_local_url()
+    port = url.rsplit(":", 1)[1]
+
+    with TestClient(create_app(make_settings(url))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who is my boss?"},
+            headers={"X-Request-ID": "down-503"},
+        )
+
+    logged = plan_unavailable_log(capfd, "down-503")
+    assert response.status_code == 503
+    assert "http://" not in response.text
+    assert "127.0.0.1" not in response.text
+    assert port not in response.text
+    assert "request id" in response.json()["detail"]
+    assert url in logged
+    assert "status=503" in logged
+
+
+def test_504_body_hides_ollama_url(ollama, capfd):
+    ollama.enqueue(ScriptedReply(content=PLAN, delay_s=2))
+    port = ollama.url.rsplit(":", 1)[1]
+
+    with TestClient(create_app(make_settings(ollama.url, ollama_timeout_s=0.5))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who is my boss?"},
+            headers={"X-Request-ID": "slow-504"},
+        )
+
+    logged = plan_unavailable_log(capfd, "slow-504")
+    assert response.status_code == 504
+    assert "http://" not in response.text
+    assert "127.0.0.1" not in response.text
+    assert port not in response.text
+    assert ollama.url in logged
+    assert "did not answer within 0.5 s" in logged
+
+
+def test_502_body_hides_upstream_text(ollama, capfd):
+    ollama.enqueue(ScriptedReply.failure(500, "llama runner process has terminated"))
+    port = ollama.url.rsplit(":", 1)[1]
+
+    # The app starts inside the test, so that its log handler writes where capfd reads.
+    with TestClient(create_app(make_settings(ollama.url))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who is my boss?"},
+            headers={"X-Request-ID": "broken-502"},
+        )
+
+    logged = plan_unavailable_log(capfd, "broken-502")
+    assert response.status_code == 502
+    assert "llama runner" not in response.text
+    assert "http://" not in response.text
+    assert port not in response.text
+    assert "llama runner process has terminated" in logged
+    assert ollama.url in logged
 
 
 # Shares no word with any example of the default bank, so no example's plan can stand in.
@@ -238,7 +328,7 @@ def test_unusable_output_unmatched_is_502(client, ollama):
     response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
 
     assert response.status_code == 502
-    assert "no usable plan" in response.json()["detail"]
+    assert "The small model returned no usable plan." in response.json()["detail"]
 
 
 def test_low_confidence_without_large_model_returns_small_plan(ollama):
@@ -251,7 +341,7 @@ def test_low_confidence_without_large_model_returns_small_plan(ollama):
     assert body["plan"] == PLAN
     assert body["delegation"]["wanted"] is True
     assert body["delegation"]["status"] == "unavailable"
-    assert "LARGE_MODEL_BACKEND" in body["delegation"]["error"]
+    assert body["delegation"]["error"] == "No large model is configured."
     assert body["delegated"] is False
 
 
@@ -297,6 +387,7 @@ def test_unknown_route_is_problem_json(client):
 # --- With the large model: the real boto3 client against a local Converse server ---
 
 LARGE_PLAN = "( Yield :output ( FindReports :recipient ( toRecipient ( CurrentUser ) ) ) )"
+BEDROCK_MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
 
 @pytest.fixture
@@ -312,7 +403,7 @@ def with_large(ollama_url: str, bedrock_server: FakeBedrock, **overrides) -> Set
         large_model_backend="bedrock",
         bedrock_endpoint_url=bedrock_server.endpoint_url,
         bedrock_region=TEST_REGION,
-        bedrock_model_id="anthropic.claude-3-5-sonnet-20240620-v1:0",
+        bedrock_model_id=BEDROCK_MODEL_ID,
         bedrock_max_attempts=1,
         bedrock_timeout_s=2.0,
         # Delegate any confidence at or below 0.5 from the first request on.
@@ -378,7 +469,7 @@ def test_throttled_large_returns_small_plan(ollama, bedrock):
     assert body["model"] == "small"
     assert body["delegation"]["wanted"] is True
     assert body["delegation"]["status"] == "unavailable"
-    assert "ThrottlingException" in body["delegation"]["error"]
+    assert body["delegation"]["error"] == "The large model is throttled."
 
 
 def test_large_error_returns_small_plan(ollama, bedrock):
@@ -399,7 +490,7 @@ def test_large_without_plan_returns_small_plan(ollama, bedrock):
 
     assert body["plan"] == PLAN
     assert body["delegation"]["status"] == "failed"
-    assert "no usable plan" in body["delegation"]["error"]
+    assert body["delegation"]["error"] == "The large model returned no usable plan."
 
 
 def test_no_aws_credentials_returns_small_plan(ollama, bedrock, monkeypatch):
@@ -412,7 +503,7 @@ def test_no_aws_credentials_returns_small_plan(ollama, bedrock, monkeypatch):
     assert body["plan"] == PLAN
     assert body["delegation"]["wanted"] is True
     assert body["delegation"]["status"] == "unavailable"
-    assert "credentials" in body["delegation"]["error"]
+    assert body["delegation"]["error"] == "The large model could not be reached."
     assert bedrock.requests == []
 
 
@@ -431,10 +522,53 @@ def test_both_down_is_503(bedrock):
 
     response = ask(with_large(unused_local_url(), bedrock))
 
+    detail = response.json()["detail"]
     assert response.status_code == 503
     assert response.headers["retry-after"]
-    assert "ollama" in response.json()["detail"]
-    assert "bedrock" in response.json()["detail"]
+    assert "The small model could not be reached." in detail
+    assert "The large model could not be reached." in detail
+
+
+def test_503_body_hides_bedrock_config(bedrock, capfd):
+    bedrock.enqueue(Reply.error("ServiceUnavailableException", "Bedrock is down"))
+
+    with TestClient(create_app(with_large(unused_local_url(), bedrock))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who reports to me?"},
+            headers={"X-Request-ID": "both-down"},
+        )
+
+    logged = plan_unavailable_log(capfd, "both-down")
+    assert response.status_code == 503
+    assert BEDROCK_MODEL_ID not in response.text
+    assert "claude" not in response.text
+    assert TEST_REGION not in response.text
+    assert "Bedrock is down" not in response.text
+    assert "http://" not in response.text
+    assert BEDROCK_MODEL_ID in logged
+    assert TEST_REGION in logged
+    assert "Bedrock is down" in logged
+
+
+def test_delegation_error_hides_bedrock_config(ollama, bedrock, capfd):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+    bedrock.enqueue(Reply.error("AccessDeniedException", "You don't have access to the model"))
+
+    with TestClient(create_app(with_large(ollama.url, bedrock))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who reports to me?"},
+            headers={"X-Request-ID": "denied"},
+        )
+
+    error = response.json()["delegation"]["error"]
+    logged = warning_line(capfd, "denied", "large model failed")
+    assert response.status_code == 200
+    assert error == "The large model could not be reached."
+    assert BEDROCK_MODEL_ID in logged
+    assert TEST_REGION in logged
+    assert "bedrock:InvokeModel" in logged
 
 
 def test_ready_lists_large_backend(ollama, bedrock):
@@ -455,15 +589,21 @@ def test_small_timeout_and_large_down_is_504(ollama, bedrock):
     assert "retry-after" not in response.headers
 
 
-def test_cut_off_plan_names_token_limit(client, ollama):
+def test_cut_off_plan_logs_token_limit(ollama, capfd):
     ollama.enqueue(
         ScriptedReply(content="( Yield :output ( FindManager ( ( (", done_reason="length")
     )
 
-    response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
+    with TestClient(create_app(make_settings(ollama.url))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": UNMATCHED},
+            headers={"X-Request-ID": "cut-off"},
+        )
 
     assert response.status_code == 502
-    assert "generation stopped at its token limit" in response.json()["detail"]
+    assert "The small model returned no usable plan." in response.json()["detail"]
+    assert "generation stopped at its token limit" in plan_unavailable_log(capfd, "cut-off")
 
 
 def test_unknown_context_field_lists_turn_fields(client):

@@ -291,6 +291,42 @@ async def test_error_code_translated(
     assert f"scripted {code}" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("code", "public"),
+    [
+        ("AccessDeniedException", "The large model could not be reached."),
+        ("ResourceNotFoundException", "The large model could not be reached."),
+        ("ThrottlingException", "The large model is throttled."),
+        ("ModelTimeoutException", "The large model timed out."),
+        ("ValidationException", "The large model returned an error or an invalid response."),
+    ],
+)
+async def test_public_message_hides_model(
+    fake: FakeBedrock, credentials: None, code: str, public: str
+) -> None:
+    fake.enqueue(Reply.error(code, f"scripted {code}"))
+    bedrock = make_backend(fake, max_attempts=1)
+
+    with pytest.raises(BackendError) as raised:
+        await bedrock.complete(PROMPT, max_tokens=8)
+    await bedrock.aclose()
+
+    assert raised.value.public_message("large") == public
+    assert MODEL_ID in raised.value.message
+    assert TEST_REGION in raised.value.message
+
+
+async def test_public_message_hides_credential_advice(fake: FakeBedrock) -> None:
+    bedrock = make_backend(fake)
+
+    with pytest.raises(BackendUnavailable) as raised:
+        await bedrock.complete(PROMPT, max_tokens=8)
+    await bedrock.aclose()
+
+    assert raised.value.public_message("large") == "The large model could not be reached."
+    assert "AWS_ACCESS_KEY_ID" in raised.value.message
+
+
 async def test_access_denied_names_region(fake: FakeBedrock, credentials: None) -> None:
     fake.enqueue(Reply.error("AccessDeniedException", "You don't have access to the model"))
     bedrock = make_backend(fake, max_attempts=1)

@@ -58,6 +58,20 @@ async def test_timeouts_open_the_circuit(ollama):
     await backend.aclose()
 
 
+async def test_open_circuit_public_message():
+    backend = breaker(unused_local_url(), Clock())
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable):
+            await backend.complete(PROMPT, max_tokens=32)
+
+    with pytest.raises(BackendUnavailable) as raised:
+        await backend.complete(PROMPT, max_tokens=32)
+
+    assert raised.value.public_message("small") == "The small model could not be reached."
+    assert MODEL in raised.value.message
+    await backend.aclose()
+
+
 async def test_trial_call_closes_the_circuit(ollama):
     clock = Clock()
     backend = breaker(unused_local_url(), clock)

@@ -10,6 +10,7 @@ import pytest
 
 from app.backends.base import ChatMessage, ModelBackend
 from app.backends.errors import (
+    BackendError,
     BackendResponseError,
     BackendThrottled,
     BackendTimeout,
@@ -219,6 +220,43 @@ async def test_error_message_hides_credentials() -> None:
     assert "hunter2" not in str(caught.value)
     assert "hunter2" not in repr(backend)
     assert "127.0.0.1" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "server_text", "public"),
+    [
+        (
+            500,
+            "llama runner process has terminated",
+            "The small model returned an error or an invalid response.",
+        ),
+        (503, "server busy", "The small model is throttled."),
+        (404, "model not found", "The small model could not be reached."),
+    ],
+    ids=["server-error", "busy", "not-found"],
+)
+async def test_public_message_hides_server(
+    server: FakeOllama, backend: OllamaBackend, status: int, server_text: str, public: str
+) -> None:
+    server.enqueue(ScriptedReply.failure(status, server_text))
+
+    with pytest.raises(BackendError) as caught:
+        await backend.complete(MESSAGES, max_tokens=16)
+
+    assert caught.value.public_message("small") == public
+    assert server.url in caught.value.message
+    assert server_text in caught.value.message
+
+
+async def test_public_message_connection_refused() -> None:
+    host = unused_local_url()
+    backend = OllamaBackend(host=host, model_name=MODEL, timeout_s=5.0)
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.complete(MESSAGES, max_tokens=16)
+    await backend.aclose()
+
+    assert caught.value.public_message("small") == "The small model could not be reached."
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from app.core.policy_store import LocalPolicyStore
 from app.domain.calibration import Calibration
 from app.domain.delegation import DelegationConfig, DelegationPolicy
 from app.domain.dialogue import Example, Turn
+from app.domain.example_bank import bank_arguments
 from app.domain.retrieval import ExampleIndex
 from app.planner import Planner
 
@@ -278,3 +279,23 @@ async def test_generation_limit_follows_longest_candidate():
     await bank_planner(small, small_max_tokens=384).generate("who is my manager")
 
     assert limits == [64]  # every candidate plan is under 128 characters
+
+
+def test_check_plan_rejects_keyword_without_value():
+    planner = bank_planner(CharacterBudgetBackend(budget=10**6))
+
+    problem = planner.check_plan("( Yield :output ( FindManager :recipient ) )")
+
+    assert "FindManager argument :recipient without a value" in problem
+
+
+def test_check_plan_rejects_unseen_argument():
+    planner = bank_planner(
+        CharacterBudgetBackend(budget=10**6), known_arguments=bank_arguments(BANK)
+    )
+
+    problem = planner.check_plan("( Yield :output ( FindManager :launch ( CurrentUser ) ) )")
+    passing = planner.check_plan(BOSS)
+
+    assert "FindManager :launch" in problem
+    assert passing is None
