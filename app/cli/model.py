@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the Ollama model from a Modelfile",
         description=(
             "Upload the Modelfile's local GGUF file to Ollama as a blob (unless the server "
-            "already holds it) and create the model with its template and parameters."
+            "already holds it) and create the model with its template and parameters. Only "
+            "GGUF files are supported, not safetensors folders."
         ),
     )
     create.add_argument(
@@ -143,8 +144,9 @@ def _create(args: argparse.Namespace) -> int:
 
 def _summary_line(summary: PullSummary, bucket: str, prefix: str) -> str:
     location = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+    count = len(summary.files)
     return (
-        f"{PROG}: pulled {len(summary.files)} files from {location} into "
+        f"{PROG}: pulled {count} {'file' if count == 1 else 'files'} from {location} into "
         f"{summary.destination}: {len(summary.downloaded)} downloaded, "
         f"{len(summary.skipped)} skipped, {_format_bytes(summary.bytes_transferred)} transferred"
     )

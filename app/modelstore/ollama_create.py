@@ -1,8 +1,10 @@
 """Create an Ollama model from a Modelfile through Ollama's REST API.
 
-A FROM (or ADAPTER) that names a local file is sent as a blob: the file's SHA-256
-digest is computed, `HEAD /api/blobs/<digest>` asks whether the server already
-holds it, and only a missing blob is uploaded with `Client.create_blob`. Then
+Local files are checked first (each must be a GGUF file), then `GET /api/version`
+checks that the server responds, before any file is hashed. A FROM (or ADAPTER)
+that names a local file is sent as a blob: the file's SHA-256 digest is computed,
+`HEAD /api/blobs/<digest>` asks whether the server already holds it, and only a
+missing blob is uploaded with `Client.create_blob`. Then
 `Client.create` sends the model name, the blob digests by file name, and the
 template, system prompt, parameters, licenses and messages of the Modelfile, and
 the streamed status lines are echoed. A FROM that is no local file is an existing
@@ -29,6 +31,7 @@ import ollama
 from app.backends.ollama import redact_host
 from app.modelstore.checksums import file_hex_digest
 from app.modelstore.errors import ModelCreateError
+from app.modelstore.model_files import LocalModelFiles, find_model_files
 from app.modelstore.modelfile import Modelfile, read_modelfile
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 DEFAULT_OLLAMA_PORT = 11434
 # Connecting must be quick; uploading a multi-gigabyte blob and creating the model may not.
 _TIMEOUT = httpx.Timeout(None, connect=10.0)
-_MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin")
+_VERSION_TIMEOUT_S = 10.0
 
 Echo = Callable[[str], None]
 
@@ -88,9 +91,11 @@ def create_model(
     """Create model `name` on the Ollama server at `host` from the Modelfile at `modelfile_path`.
 
     Raises ModelfileError for a Modelfile that does not parse and ModelCreateError
-    when a referenced file is missing, Ollama is unreachable or it rejects the model.
+    when a referenced file is missing or no GGUF file, Ollama is unreachable or it
+    rejects the model.
     """
     modelfile = read_modelfile(modelfile_path)
+    files = find_model_files(modelfile, modelfile_path)
     base_url = resolve_host(host)
     shown_host = redact_host(base_url)
     try:
@@ -98,8 +103,9 @@ def create_model(
             ollama.Client(host=base_url, timeout=_TIMEOUT) as client,
             httpx.Client(base_url=base_url, timeout=_TIMEOUT, headers=_auth_headers()) as http,
         ):
+            _check_server(http, shown_host)
             blobs = _BlobStore(client, http, shown_host, echo)
-            request = _create_request(modelfile, modelfile_path, blobs)
+            request = _create_request(modelfile, files, blobs)
             statuses = _stream_create(client, name, request, echo)
     except (ConnectionError, httpx.TransportError) as error:
         raise ModelCreateError(
@@ -165,27 +171,55 @@ class _BlobStore:
         return digest
 
 
+def _check_server(http: httpx.Client, shown_host: str) -> None:
+    """Ask the server for its version, so that a wrong host fails before a long hash."""
+    try:
+        response = http.get("/api/version", timeout=_VERSION_TIMEOUT_S)
+    except httpx.TimeoutException:
+        raise ModelCreateError(
+            f"GET /api/version on Ollama at {shown_host} timed out after "
+            f"{_VERSION_TIMEOUT_S:.0f} s: check that it is running and that --host or "
+            "OLLAMA_HOST points at it"
+        ) from None
+
+    status = response.status_code
+    if status in (401, 403):
+        raise ModelCreateError(
+            f"{shown_host} rejected GET /api/version with HTTP {status}: set OLLAMA_API_KEY "
+            "to the token that the server or its proxy expects, or check --host or OLLAMA_HOST"
+        )
+    version = _version_of(response)
+    if version is None:
+        raise ModelCreateError(
+            f"{shown_host} returned HTTP {status} and no Ollama version for GET /api/version, "
+            "so it does not look like an Ollama server: check --host or OLLAMA_HOST"
+        )
+    logger.info("ollama server reachable host=%s version=%s", shown_host, version)
+
+
+def _version_of(response: httpx.Response) -> str | None:
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return version if isinstance(version, str) else None
+
+
 def _create_request(
-    modelfile: Modelfile, modelfile_path: Path, blobs: _BlobStore
+    modelfile: Modelfile, files: LocalModelFiles, blobs: _BlobStore
 ) -> dict[str, Any]:
     """Build the keyword arguments of `Client.create` other than the model name."""
-    base_dir = modelfile_path.parent
     request: dict[str, Any] = {}
-    source = _local_file(modelfile.from_, base_dir, f"FROM on line {modelfile.from_line}")
-    if source is None:
+    if files.weights is None:
         request["from_"] = modelfile.from_
     else:
-        request["files"] = {source.name: blobs.ensure(source)}
-
-    adapters: dict[str, str] = {}
-    for adapter in modelfile.adapters:
-        path = _local_file(adapter, base_dir, "ADAPTER")
-        if path is None:
-            raise ModelCreateError(f"ADAPTER {adapter!r} in {modelfile_path} is not a file")
-        adapters[path.name] = blobs.ensure(path)
+        request["files"] = {files.weights.name: blobs.ensure(files.weights)}
 
     optional = {
-        "adapters": adapters,
+        "adapters": {path.name: blobs.ensure(path) for path in files.adapters},
         "template": modelfile.template,
         "system": modelfile.system,
         "license": modelfile.licenses,
@@ -194,31 +228,6 @@ def _create_request(
     }
     request.update({key: value for key, value in optional.items() if value})
     return request
-
-
-def _local_file(reference: str, base_dir: Path, where: str) -> Path | None:
-    """Resolve a FROM or ADAPTER value to a file, or None when it names a model instead.
-
-    Like Ollama, a relative path is relative to the Modelfile's folder. A value that
-    looks like a path (./, ../, /, ~ or a model-file suffix) but does not exist is an error.
-    """
-    expanded = Path(reference).expanduser()
-    candidate = expanded if expanded.is_absolute() else base_dir / expanded
-    looks_like_path = reference.startswith(("/", "./", "../", "~")) or reference.endswith(
-        _MODEL_FILE_SUFFIXES
-    )
-    if candidate.is_dir():
-        raise ModelCreateError(
-            f"{where} names the folder {candidate}; point it at a GGUF file instead"
-        )
-    if candidate.is_file():
-        return candidate
-    if looks_like_path:
-        raise ModelCreateError(
-            f"{where} names {reference!r}, but {candidate} does not exist: "
-            "run `plan-model pull` first or fix the path"
-        )
-    return None
 
 
 def _stream_create(

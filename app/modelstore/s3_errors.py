@@ -11,12 +11,14 @@ from botocore.exceptions import (
     ConnectionError,
     IncompleteReadError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
     ProfileNotFound,
     ReadTimeoutError,
     ResponseStreamingError,
 )
 
+from app.modelstore.bucket_names import invalid_bucket_message
 from app.modelstore.errors import ArtifactPullError
 
 CREDENTIALS_HINT = (
@@ -66,8 +68,11 @@ def pull_error(error: Exception, operation: str, where: S3Location) -> ArtifactP
             f"cannot reach the S3 endpoint {where.endpoint} ({error}); check --endpoint-url "
             "or AWS_ENDPOINT_URL, --region and the network"
         )
+    if isinstance(error, ParamValidationError) and "Invalid bucket name" in str(error):
+        return ArtifactPullError(invalid_bucket_message(where.bucket))
     if isinstance(error, BotoCoreError):
-        return ArtifactPullError(f"S3 {operation} on {where.url} failed: {error}")
+        # Some botocore messages, such as ParamValidationError's, span several lines.
+        return ArtifactPullError(f"S3 {operation} on {where.url} failed: {_one_line(str(error))}")
     raise TypeError(f"not an AWS SDK error: {error!r}")
 
 
@@ -77,6 +82,8 @@ def _client_error_message(error: ClientError, operation: str, where: S3Location)
     server_message = str(details.get("Message") or "").strip()
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
+    if code == "InvalidBucketName":
+        return invalid_bucket_message(where.bucket)
     if code == "NoSuchBucket":
         return (
             f"bucket {where.bucket!r} does not exist at {where.endpoint} (NoSuchBucket): "
@@ -113,3 +120,7 @@ def _access_denied_message(operation: str, where: S3Location, server_message: st
         f"access denied reading {where.url} ({operation}): the credentials need s3:GetObject "
         f"on {objects_arn}, and kms:Decrypt when the object is KMS-encrypted{suffix}"
     )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -28,6 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
+from app.modelstore.bucket_names import check_bucket_name
 from app.modelstore.checksums import (
     MANIFEST_NAME,
     ExpectedContent,
@@ -136,6 +137,7 @@ def pull_artifacts(
     start with "models/v1/". Progress bars go to stderr unless `progress` is false.
     Raises ArtifactPullError (ChecksumMismatchError for a failed verification).
     """
+    check_bucket_name(bucket)
     s3 = client if client is not None else make_s3_client(endpoint_url, region)
     puller = _Puller(s3, bucket, _folder_prefix(prefix), destination, progress)
     return puller.run()
@@ -278,10 +280,13 @@ class _Puller:
         transferred = self._fetch(remote, partial, start)
         matched, actual = matches(partial.part, expected)
         if not matched and start > 0:
-            logger.warning(
+            # INFO, not WARNING: the note below prints this event unless --quiet, and the CLI
+            # configures no logging, so a WARNING would reach stderr a second time through the
+            # last-resort handler.
+            logger.info(
                 "resumed artifact failed verification, downloading it again name=%s", remote.name
             )
-            self._note(f"{remote.name}: the resumed download failed verification, starting over")
+            self._note(f"resumed {remote.name} failed verification, downloading it from the start")
             self._write(partial.part, lambda: partial.start(remote.etag, remote.size))
             transferred += self._fetch(remote, partial, 0)
             matched, actual = matches(partial.part, expected)
@@ -298,6 +303,8 @@ class _Puller:
     def _fetch(self, remote: RemoteObject, partial: PartialDownload, start: int) -> int:
         """Append bytes `start`.. of the object version `remote.etag` to the part file."""
         if start >= remote.size:
+            if start:
+                self._note(f"resumed {remote.name} at {start} bytes, the download is complete")
             return 0
         request: dict[str, Any] = {"Bucket": self.bucket, "Key": remote.key, "IfMatch": remote.etag}
         if start:
@@ -305,8 +312,11 @@ class _Puller:
         response = self._call("GetObject", remote.key, lambda: self.client.get_object(**request))
         if start and not str(response.get("ContentRange", "")).startswith(f"bytes {start}-"):
             # The endpoint ignored the Range header and sends the whole object.
+            self._note(f"{self.endpoint} ignored the range request, so {remote.name} starts over")
             self._write(partial.part, lambda: partial.start(remote.etag, remote.size))
             start = 0
+        if start:
+            self._note(f"resumed {remote.name} at {start} bytes")
 
         written = 0
         try:

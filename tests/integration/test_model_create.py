@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -53,6 +55,35 @@ def modelfile(tmp_path: Path, weights: bytes) -> Path:
     path = tmp_path / "Modelfile"
     path.write_text(MODELFILE, encoding="utf-8")
     return path
+
+
+class NotFoundHandler(BaseHTTPRequestHandler):
+    """Handler that records each GET path and returns 404, like a web server that is not Ollama."""
+
+    paths: list[str]
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 that is not Ollama, and the paths it was asked for."""
+    paths: list[str] = []
+    handler = type("RecordingNotFoundHandler", (NotFoundHandler,), {"paths": paths})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
 
 def digest_of(data: bytes) -> str:
@@ -155,6 +186,82 @@ def test_missing_weights_is_clear_error(server: FakeOllama, tmp_path: Path) -> N
     assert server.requests == []
 
 
+def test_non_gguf_from_is_rejected(server: FakeOllama, tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    path = write_modelfile(tmp_path, f"FROM {passwd}\n")
+
+    with pytest.raises(ModelCreateError) as caught:
+        create_model(path, "plan-test", server.url, echo=lambda _line: None)
+
+    message = str(caught.value)
+    assert message.startswith(f"FROM on line 1 names {passwd}, which is not a GGUF file")
+    assert "it starts with b'root', not b'GGUF'" in message
+    assert "Only GGUF files are supported by this command" in message
+    assert server.requests == []
+    assert "plan-test:latest" not in server.created_models
+
+
+def test_empty_from_file_is_rejected(server: FakeOllama, tmp_path: Path) -> None:
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    path = write_modelfile(tmp_path, "FROM ./empty.gguf\n")
+
+    with pytest.raises(ModelCreateError) as caught:
+        create_model(path, "plan-test", server.url, echo=lambda _line: None)
+
+    assert "which is not a GGUF file (it is empty, not b'GGUF')" in str(caught.value)
+    assert server.requests == []
+
+
+def test_from_folder_is_rejected(server: FakeOllama, tmp_path: Path) -> None:
+    (tmp_path / "safetensors-model").mkdir()
+    path = write_modelfile(tmp_path, "FROM ./safetensors-model\n")
+
+    with pytest.raises(ModelCreateError) as caught:
+        create_model(path, "plan-test", server.url, echo=lambda _line: None)
+
+    message = str(caught.value)
+    assert message.startswith("FROM on line 1 names the folder")
+    assert "only GGUF files are supported by this command" in message
+    assert "safetensors folders are not" in message
+    assert server.requests == []
+
+
+def test_non_gguf_adapter_is_rejected(server: FakeOllama, modelfile: Path, tmp_path: Path) -> None:
+    (tmp_path / "lora.safetensors").write_bytes(bytes(1000))
+    modelfile.write_text(MODELFILE + "ADAPTER ./lora.safetensors\n", encoding="utf-8")
+
+    with pytest.raises(ModelCreateError) as caught:
+        create_model(modelfile, "plan-test", server.url, echo=lambda _line: None)
+
+    assert str(caught.value).startswith("ADAPTER names ")
+    assert "which is not a GGUF file" in str(caught.value)
+    assert server.requests == []
+
+
+def test_cli_non_gguf_from(
+    server: FakeOllama, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("not weights", encoding="utf-8")
+    path = write_modelfile(tmp_path, "FROM ./notes.txt\n")
+
+    status = main(["create", "--modelfile", str(path), "--host", server.url])
+
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert stderr.startswith("plan-model: error: FROM on line 1 names ")
+    assert "Only GGUF files are supported by this command" in stderr
+    assert stderr.count("\n") == 1
+
+
+def test_server_checked_before_hashing(server: FakeOllama, modelfile: Path) -> None:
+    create_model(modelfile, "plan-test", server.url, echo=lambda _line: None)
+
+    first = server.requests[0]
+    assert (first.method, first.path) == ("GET", "/api/version")
+    assert blob_checks(server) != []
+
+
 def test_server_error_is_reported(server: FakeOllama, tmp_path: Path) -> None:
     path = write_modelfile(tmp_path, "FROM some-model-not-pulled\n")
 
@@ -175,6 +282,31 @@ def test_unreachable_ollama_is_clear_error(modelfile: Path) -> None:
 
     assert str(caught.value).startswith(f"cannot connect to Ollama at {host}")
     assert "OLLAMA_HOST" in str(caught.value)
+
+
+def test_unreachable_ollama_hashes_nothing(modelfile: Path) -> None:
+    lines: list[str] = []
+
+    with pytest.raises(ModelCreateError):
+        create_model(modelfile, "plan-test", unused_local_url(), echo=lines.append)
+
+    assert lines == []
+
+
+def test_non_ollama_server_is_clear_error(
+    modelfile: Path, other_server: tuple[str, list[str]]
+) -> None:
+    url, paths = other_server
+    lines: list[str] = []
+
+    with pytest.raises(ModelCreateError) as caught:
+        create_model(modelfile, "plan-test", url, echo=lines.append)
+
+    message = str(caught.value)
+    assert message.startswith(f"{url} returned HTTP 404 and no Ollama version for GET /api/version")
+    assert "check --host or OLLAMA_HOST" in message
+    assert paths == ["/api/version"]
+    assert lines == []
 
 
 def test_cli_unreachable_ollama(modelfile: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,10 @@ from app.modelstore import (
     make_s3_client,
     pull_artifacts,
 )
+from app.modelstore.bucket_names import check_bucket_name
 from app.modelstore.partial import PartialDownload
 from app.modelstore.s3_errors import S3Location, pull_error
+from tests.conftest import REPO_ROOT
 
 PREFIX = "plan-llama/v1"
 MULTIPART_PART_BYTES = 5 * 1024 * 1024  # moto's (and S3's) minimum for all parts but the last
@@ -72,6 +76,10 @@ def dest(tmp_path: Path) -> Path:
 
 def payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
+
+
+def gguf_payload(size: int, seed: int) -> bytes:
+    return b"GGUF" + payload(size - 4, seed)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -123,7 +131,7 @@ def count_get_object_calls(client: Any) -> list[str]:
 
 @pytest.fixture
 def model_data() -> bytes:
-    return payload(300_000, seed=1)
+    return gguf_payload(300_000, seed=1)
 
 
 @pytest.fixture
@@ -143,7 +151,7 @@ def run_cli(*argv: str) -> int:
 
 def test_pull_verifies_each_file(s3: Any, bucket: str, dest: Path, moto_url: str) -> None:
     files = {
-        "model.gguf": payload(300_000, seed=1),
+        "model.gguf": gguf_payload(300_000, seed=1),
         "weights.bin": payload(MULTIPART_PART_BYTES + 65_536, seed=2),
         "config.json": payload(20_000, seed=3),
         "tokenizer/vocab.json": payload(50_000, seed=4),
@@ -300,11 +308,68 @@ def test_corrupted_part_fixed_by_etag(
     assert (dest / "model.gguf").read_bytes() == model_data
 
 
+def test_cli_reports_resume(
+    s3: Any,
+    single_model_bucket: str,
+    dest: Path,
+    moto_url: str,
+    model_data: bytes,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    half = len(model_data) // 2
+    partial = PartialDownload(dest / "model.gguf")
+    partial.start(etag_of(s3, single_model_bucket, "model.gguf"), len(model_data))
+    partial.part.write_bytes(model_data[:half])
+
+    status = run_cli("--bucket", single_model_bucket, "--prefix", PREFIX, "--dest", str(dest),
+                     "--endpoint-url", moto_url)  # fmt: skip
+
+    stderr = capsys.readouterr().err
+    assert status == 0
+    assert f"resumed model.gguf at {half} bytes" in stderr
+    assert "resumed SHA256SUMS" not in stderr
+
+
+def test_empty_object_is_not_resumed(
+    s3: Any, bucket: str, dest: Path, moto_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, bucket, "empty.txt", b"")
+
+    status = run_cli("--bucket", bucket, "--prefix", PREFIX, "--dest", str(dest),
+                     "--endpoint-url", moto_url)  # fmt: skip
+
+    assert status == 0
+    assert "resumed" not in capsys.readouterr().err
+    assert (dest / "empty.txt").read_bytes() == b""
+
+
+def test_failed_resume_printed_once(
+    s3: Any, single_model_bucket: str, dest: Path, moto_url: str, model_data: bytes
+) -> None:
+    half = len(model_data) // 2
+    partial = PartialDownload(dest / "model.gguf")
+    partial.start(etag_of(s3, single_model_bucket, "model.gguf"), len(model_data))
+    partial.part.write_bytes(bytes(half))
+
+    # A child process, because pytest's log capture hides what logging's last-resort
+    # handler would print to stderr of the real command.
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli.model", "pull", "--bucket", single_model_bucket,
+         "--prefix", PREFIX, "--dest", str(dest), "--endpoint-url", moto_url],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr.count("failed verification") == 1
+    assert "resumed model.gguf failed verification" in completed.stderr
+    assert (dest / "model.gguf").read_bytes() == model_data
+
+
 # Verification failures and weaker evidence
 
 
 def test_wrong_manifest_is_error(s3: Any, bucket: str, dest: Path, moto_url: str) -> None:
-    data = payload(200_000, seed=5)
+    data = gguf_payload(200_000, seed=5)
     put(s3, bucket, "model.gguf", data)
     put(s3, bucket, "SHA256SUMS", manifest_text({"model.gguf": b"other content"}))
 
@@ -322,7 +387,7 @@ def test_wrong_manifest_is_error(s3: Any, bucket: str, dest: Path, moto_url: str
 def test_wrong_manifest_fails_cli(
     s3: Any, bucket: str, dest: Path, moto_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = payload(200_000, seed=6)
+    data = gguf_payload(200_000, seed=6)
     put(s3, bucket, "model.gguf", data)
     put(s3, bucket, "SHA256SUMS", manifest_text({"model.gguf": b"other content"}))
 
@@ -378,6 +443,20 @@ def test_cli_shows_progress_and_summary(
     assert "2 downloaded, 0 skipped" in stderr
 
 
+def test_cli_summary_singular(
+    s3: Any, bucket: str, dest: Path, moto_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put(s3, bucket, "model.gguf", gguf_payload(1000, seed=8))
+
+    status = run_cli("--bucket", bucket, "--prefix", PREFIX, "--dest", str(dest),
+                     "--endpoint-url", moto_url)  # fmt: skip
+
+    stderr = capsys.readouterr().err
+    assert status == 0
+    assert "plan-model: pulled 1 file from s3://" in stderr
+    assert "1 files" not in stderr
+
+
 def test_cli_quiet_prints_nothing(
     single_model_bucket: str, dest: Path, moto_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -426,6 +505,52 @@ def test_missing_bucket_message(
     assert stderr.startswith("plan-model: error: bucket 'no-such-models-bucket' does not exist")
     assert "NoSuchBucket" in stderr
     assert stderr.count("\n") == 1
+
+
+def test_invalid_bucket_name_message(
+    dest: Path, moto_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = run_cli("--bucket", "s3://my-models/plan-llama", "--dest", str(dest),
+                     "--endpoint-url", moto_url, "--quiet")  # fmt: skip
+
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert stderr.startswith("plan-model: error: invalid bucket name 's3://my-models/plan-llama'")
+    assert "3 to 63 lowercase letters, digits, dots and hyphens" in stderr
+    assert "the folder inside it as --prefix" in stderr
+    assert stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["my models", "s3://my-models", "models/v1", "", "a" * 256])
+def test_bucket_name_rejected(name: str) -> None:
+    with pytest.raises(ArtifactPullError) as caught:
+        check_bucket_name(name)
+
+    message = str(caught.value)
+    assert message.startswith(f"invalid bucket name {name!r}: a bucket name is 3 to 63")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "my-models",
+        "models.example.com",
+        "Legacy_Models",
+        "arn:aws:s3:us-east-1:123456789012:accesspoint/models",
+    ],
+)
+def test_bucket_name_accepted(name: str) -> None:
+    check_bucket_name(name)
+
+
+def test_invalid_arn_message(dest: Path, moto_url: str) -> None:
+    with pytest.raises(ArtifactPullError) as caught:
+        pull_artifacts("arn:aws:s3:::models", "", dest, endpoint_url=moto_url, progress=False)
+
+    message = str(caught.value)
+    assert message.startswith("invalid bucket name 'arn:aws:s3:::models'")
+    assert "\n" not in message
 
 
 def test_empty_prefix_message(
@@ -519,3 +644,16 @@ def test_get_access_denied_names_permission() -> None:
 
     assert message.startswith("access denied reading s3://models/plan-llama/v1/model.gguf")
     assert "s3:GetObject on arn:aws:s3:::models/plan-llama/v1/*" in message
+
+
+def test_server_invalid_bucket_name_message() -> None:
+    response = {
+        "Error": {"Code": "InvalidBucketName", "Message": "The specified bucket is not valid."},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    error = ClientError(response, "ListObjectsV2")  # type: ignore[arg-type]
+    where = S3Location("ab", "", "https://s3.us-east-1.amazonaws.com")
+
+    message = str(pull_error(error, "ListObjectsV2", where))
+
+    assert message.startswith("invalid bucket name 'ab': a bucket name is 3 to 63")
