@@ -24,7 +24,7 @@ from typing import Literal
 
 from opentelemetry import trace
 
-from app.backends.base import CandidateScorer, Completion, ModelBackend
+from app.backends.base import CandidateScorer, ChatMessage, Completion, ModelBackend
 from app.backends.errors import BackendError, PromptTooLongError
 from app.core.policy_store import PolicyStore
 from app.domain.adaptation import adapt_plan
@@ -235,8 +235,12 @@ class Planner:
             span.set_attribute("retrieval.examples", len(few_shot))
             span.set_attribute("retrieval.similarity", few_shot[0].similarity if few_shot else 0.0)
         timings["retrieval"] = _elapsed_ms(started)
-        # The large model gets every example; its context window is far larger.
-        messages = build_messages(utterance, context, [scored.example for scored in few_shot])
+        # The large model gets every example, since its context window is far larger. Its
+        # prompt is built only when it is asked, which few requests are.
+        all_examples = [scored.example for scored in few_shot]
+
+        def large_prompt() -> list[ChatMessage]:
+            return build_messages(utterance, context, all_examples)
 
         if few_shot and few_shot[0].similarity >= self.bank_answer_similarity:
             with _tracer.start_as_current_span("plan_check"):
@@ -258,7 +262,9 @@ class Planner:
                     type(error).__name__,
                     error.message,
                 )
-                return await self._answer_without_small(messages, few_shot, error, timings, started)
+                return await self._answer_without_small(
+                    large_prompt(), few_shot, error, timings, started
+                )
             timings["small_model"] = _elapsed_ms(small_started)
             with _tracer.start_as_current_span("plan_check"):
                 answer = self._answer(completion, candidates, few_shot)
@@ -299,7 +305,7 @@ class Planner:
             result.plan_problem = None  # a bank plan uses bank functions only
         if decision.delegate:
             with _tracer.start_as_current_span("large_model") as span:
-                await self._delegate(result, messages)
+                await self._delegate(result, large_prompt())
                 span.set_attribute("delegation.status", result.delegation_status)
         if not result.plan:
             generated_error = answer.generated.error if answer.generated else None

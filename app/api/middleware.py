@@ -52,12 +52,16 @@ class RequestIdMiddleware:
             metrics = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
             if metrics is not None:
                 metrics.observe_request(scope["path"], status, time.perf_counter() - started)
+            # A route may add its own fields (the plan route: model, delegation), so that
+            # each request is one log line.
+            fields = scope.get("state", {}).get("log_fields")
             logger.info(
-                "request method=%s path=%s status=%s latency_ms=%.1f",
+                "request method=%s path=%s status=%s latency_ms=%.1f%s",
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
+                f" {fields}" if fields else "",
                 extra={"status": status, "path": scope["path"]},
             )
             request_id_var.reset(token)

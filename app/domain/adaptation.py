@@ -40,9 +40,7 @@ def adapt_plan(example_utterance: str, example_plan: str, utterance: str) -> str
     tree, normalized, literals = parsed
     if not literals:
         return normalized
-    replacements = _replacements(
-        utterance_words(example_utterance), utterance_words(utterance), literals
-    )
+    replacements = _replacements(_words(example_utterance), _words(utterance), literals)
     if not replacements:
         return normalized
     return render(_substitute(tree, replacements))
@@ -60,8 +58,20 @@ def _parsed_plan(plan: str) -> tuple[Sexp, str, frozenset[str]] | None:
     return tree, render(tree), frozenset(_literals(tree))
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+# A request's words are aligned with each of its nearest examples, whose words recur
+# across requests: split each text once.
+@functools.lru_cache(maxsize=16_384)
+def _words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return the text's words and the same words lower-cased."""
+    words = tuple(utterance_words(text))
+    return words, tuple(word.lower() for word in words)
+
+
 def _is_number(text: str) -> bool:
-    return bool(re.fullmatch(r"\d+(?:\.\d+)?", text))
+    return _NUMBER.fullmatch(text) is not None
 
 
 def _literals(tree: Sexp) -> set[str]:
@@ -79,15 +89,18 @@ def _literals(tree: Sexp) -> set[str]:
     return found
 
 
-def _replacements(old: list[str], new: list[str], literals: frozenset[str]) -> dict[str, str]:
+def _replacements(
+    old_words: tuple[tuple[str, ...], tuple[str, ...]],
+    new_words: tuple[tuple[str, ...], tuple[str, ...]],
+    literals: frozenset[str],
+) -> dict[str, str]:
     """Map each replaced run of example words that a literal contains to the request's words.
 
     The keys are lower-cased. A run that is a whole literal replaces it, and a
     run inside a longer string literal replaces only those words of it.
     """
-    matcher = difflib.SequenceMatcher(
-        a=[word.lower() for word in old], b=[word.lower() for word in new], autojunk=False
-    )
+    (old, old_lower), (new, new_lower) = old_words, new_words
+    matcher = difflib.SequenceMatcher(a=old_lower, b=new_lower, autojunk=False)
     replacements: dict[str, str] = {}
     for tag, old_start, old_end, new_start, new_end in matcher.get_opcodes():
         if tag == "equal":

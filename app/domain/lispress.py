@@ -13,6 +13,7 @@ SMCalFlow 1.0 form that the fine-tuned small model emits.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,13 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
 
 def parse(text: str) -> Sexp:
     """Parse exactly one S-expression; raise LispressError on anything else."""
+    return _parse(text)
+
+
+# The parsed form is immutable, and the same plan text is parsed by several stages of a
+# request (extraction, the plan check, the confidence) and again by later requests.
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> Sexp:
     tokens = _iter_tokens(text)
     sexp, end = _read_sexp(tokens)
     for token, _ in tokens:

@@ -85,6 +85,8 @@ class ExampleIndex:
             for term, frequency in document_frequency.items()
         }
         self._postings = self._build_postings(document_counts)
+        # Examples that repeat an utterance (in any case) and a plan count once in a result.
+        self._dedup_keys = [(example.utterance.lower(), example.plan) for example in self.examples]
         # Previous turns get their own vocabulary statistics: agent replies use other words.
         self._context_idf, self._context_vectors = _context_vectors(self.examples)
 
@@ -177,14 +179,14 @@ class ExampleIndex:
 
         results: list[tuple[int, ScoredExample]] = []
         seen: set[tuple[str, str]] = set()
-        for index in top:
-            score = float(scores[index])
-            example = self.examples[int(index)]
-            key = (example.utterance.lower(), example.plan)
-            if score <= 0.0 or key in seen:
+        for index, score in zip(top.tolist(), scores[top].tolist(), strict=True):
+            if score <= 0.0:
+                break  # sorted best first: the rest share no word with the query
+            key = self._dedup_keys[index]
+            if key in seen:
                 continue
             seen.add(key)
-            results.append((int(index), ScoredExample(example, min(score, 1.0))))
+            results.append((index, ScoredExample(self.examples[index], min(score, 1.0))))
             if len(results) == k:
                 break
         return results

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.auth import limit_rate, require_scope
-from app.api.deps import PlannerDep
 from app.api.errors import problem_response
 from app.api.schemas import (
     DelegationInfo,
@@ -65,8 +64,10 @@ _ERRORS = {
     dependencies=[Depends(require_scope("generate")), Depends(limit_rate)],
     summary="Turn an utterance into a plan",
 )
-async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request) -> Response:
+async def generate_plan(body: PlanRequest, request: Request) -> Response:
     """Return the small model's plan, or the large model's when the small one is unsure."""
+    # Read directly rather than through a dependency: each one costs a resolution step.
+    planner: Planner = request.app.state.planner
     context = [Turn(turn.utterance, turn.plan, turn.agent_reply) for turn in body.context]
     metrics: ServiceMetrics = request.app.state.metrics
     cache: ResponseCache | None = request.app.state.response_cache
@@ -77,7 +78,11 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
         stored = await cache.get(cache_key)
         metrics.cache_lookups.labels("miss" if stored is None else "hit").inc()
         if stored is not None:
-            return _cached_response(stored, (time.perf_counter() - started) * 1000, metrics)
+            milliseconds = (time.perf_counter() - started) * 1000
+            request.state.log_fields = (
+                f"cached=true model={stored.get('model')} origin={stored.get('origin')}"
+            )
+            return _cached_response(stored, milliseconds, metrics)
     generation = asyncio.ensure_future(planner.generate(body.utterance, context))
     if not await _finished_before_disconnect(generation, request):
         logger.info("client disconnected, plan generation cancelled")
@@ -91,19 +96,13 @@ async def generate_plan(body: PlanRequest, planner: PlannerDep, request: Request
     _record(metrics, result, planner)
     if cache_key is not None and _cacheable(result):
         await cache.put(cache_key, response.model_dump(exclude=_PER_REQUEST_FIELDS))
-    logger.info(
-        "plan generated model=%s backend=%s confidence=%s delegated=%s "
-        "delegation_status=%s reason=%s threshold=%s ratio=%s store=%s total_ms=%s",
-        response.model,
-        response.backend,
-        response.confidence,
-        response.delegated,
-        response.delegation.status,
-        response.delegation.reason,
-        response.delegation.threshold,
-        response.delegation.ratio,
-        response.delegation.store,
-        result.timings_ms.get("total"),
+    # Appended to the request's one log line (RequestIdMiddleware), not a line of its own.
+    request.state.log_fields = (
+        f"model={response.model} backend={response.backend} origin={response.origin} "
+        f"confidence={response.confidence} delegated={response.delegated} "
+        f"delegation_status={response.delegation.status} reason={response.delegation.reason} "
+        f"threshold={response.delegation.threshold} ratio={response.delegation.ratio} "
+        f"store={response.delegation.store} total_ms={result.timings_ms.get('total')}"
     )
     return JSONResponse(response.model_dump())
 
@@ -155,12 +154,6 @@ def _cached_response(
         "timings_ms": {"cache": round(milliseconds, 3), "total": round(milliseconds, 3)},
     }
     metrics.answers.labels("cache", str(stored.get("model"))).inc()
-    logger.info(
-        "plan served from cache model=%s origin=%s total_ms=%.3f",
-        stored.get("model"),
-        stored.get("origin"),
-        milliseconds,
-    )
     return JSONResponse(body)
 
 
