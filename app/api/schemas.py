@@ -17,6 +17,11 @@ _EXAMPLE_PLAN = (
 )
 
 
+# The schema states the rule that _not_blank checks; the validator, not a pattern
+# constraint, enforces it, so that the 422 names the rule in words.
+_HAS_LETTER_OR_DIGIT = {"pattern": r"[^\W_]"}
+
+
 def _not_blank(value: str) -> str:
     # Blank or invisible text (zero-width spaces) would still cost a full generation.
     if not any(character.isalnum() for character in value):
@@ -32,6 +37,7 @@ class ContextTurn(BaseModel):
     utterance: str = Field(
         min_length=1,
         max_length=UTTERANCE_MAX_CHARS,
+        json_schema_extra=_HAS_LETTER_OR_DIGIT,
         description="What the user said in that turn.",
         examples=["Schedule lunch with Jennifer tomorrow at noon."],
     )
@@ -76,6 +82,7 @@ class PlanRequest(BaseModel):
     utterance: str = Field(
         min_length=1,
         max_length=UTTERANCE_MAX_CHARS,
+        json_schema_extra=_HAS_LETTER_OR_DIGIT,
         description=(
             f"What the user said: 1 to {UTTERANCE_MAX_CHARS} characters, with at least one "
             "letter or digit."

@@ -216,7 +216,9 @@ def test_logs_are_json_events(service):
         message.startswith("backends configured small_backend=llama-cpp") for message in messages
     )
     assert any(
-        message.startswith("plan generated") and "request_id" in event
+        message.startswith("request method=POST")
+        and "delegated=" in message
+        and "request_id" in event
         for message, event in zip(messages, events, strict=True)
     )
 
