@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -262,6 +263,8 @@ def redact_host(host: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+# The system prompt and the few-shot examples recur in every request.
+@functools.lru_cache(maxsize=4096)
 def escape_control_tokens(text: str) -> str:
     """Break up text that a chat template could read as a control token.
 
