@@ -271,7 +271,10 @@ class PlanResponse(BaseModel):
     )
     generated_plan_problem: str | None = Field(
         None,
-        description="Why the small model's own plan failed the plan check, when it did.",
+        description=(
+            "Why the small model's own plan failed the plan check, or why no plan could be "
+            "read from its output, when either happened."
+        ),
         examples=[None],
     )
     fallback: str | None = Field(

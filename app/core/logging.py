@@ -20,7 +20,7 @@ _STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 
 class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object: time, level, logger, message, request id, extras."""
+    """Format a record as one JSON object: time, level, logger, message, pid, request id, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, object] = {
@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # tells the workers of one service (WORKERS) apart
         }
         request_id = request_id_var.get()
         if request_id:

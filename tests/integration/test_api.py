@@ -320,6 +320,7 @@ def test_unusable_small_output_falls_back_to_nearest_example(unbudgeted_client, 
     assert body["confidence"] == 0.0
     assert body["confidence_source"] == "invalid_plan"
     assert body["delegation"]["reason"] == "invalid_plan"
+    assert body["generated_plan_problem"]  # why no plan could be read from the output
 
 
 def test_unusable_output_unmatched_is_502(client, ollama):

@@ -224,7 +224,7 @@ def _to_response(result: PlanResult) -> PlanResponse:
         delegation=delegation,
         small_plan=result.small_plan if result.model == "large" else None,
         generated_plan=(result.generated_plan if result.generated_plan != result.plan else None),
-        generated_plan_problem=result.generated_problem,
+        generated_plan_problem=result.generated_problem or result.small_error,
         fallback=result.fallback,
         few_shot=[
             FewShotExample(
