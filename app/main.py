@@ -21,7 +21,7 @@ from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import ServiceMetrics
 from app.core.policy_store import LocalPolicyStore, PolicyStore, RedisPolicyStore, connect_redis
-from app.core.rate_limit import RateLimiter
+from app.core.rate_limit import RateLimiter, SharedRateLimiter
 from app.core.response_cache import (
     MemoryResponseCache,
     RedisResponseCache,
@@ -310,6 +310,11 @@ def create_app(
         policy = await build_policy_store(settings, calibration, redis_client)
         app.state.planner = build_planner(settings, index, small, large, calibration, policy)
         app.state.response_cache = build_response_cache(settings, redis_client)
+        local_limiter = app.state.local_rate_limiter
+        if redis_client is not None and local_limiter is not None:
+            app.state.rate_limiter = SharedRateLimiter(
+                redis_client, local_limiter, key_prefix=settings.redis_key_prefix
+            )
         app.state.response_namespace = response_namespace(settings, app.state.planner)
         _warn_if_open(settings, app.state.api_keys)
         try:
@@ -336,11 +341,13 @@ def create_app(
     )
     app.state.api_keys = parse_api_keys(settings.api_keys)
     app.state.metrics = ServiceMetrics()
-    app.state.rate_limiter = (
+    # In this process until the lifespan shares it through Redis, when REDIS_URL is set.
+    app.state.local_rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         if settings.rate_limit_per_minute > 0
         else None
     )
+    app.state.rate_limiter = app.state.local_rate_limiter
     # Added first, so it runs inside RequestIdMiddleware and its 413 has a request id.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Inside RequestIdMiddleware, so its 503 has a request id and is logged.

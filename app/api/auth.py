@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.api_keys import ApiKey, find_key
-from app.core.rate_limit import RateLimiter
+from app.core.rate_limit import RateLimiter, SharedRateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,12 @@ def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
 
 async def limit_rate(request: Request) -> None:
     """Admit the request if its client's bucket has a token; else raise a 429."""
-    limiter: RateLimiter | None = request.app.state.rate_limiter
+    limiter: RateLimiter | SharedRateLimiter | None = request.app.state.rate_limiter
     if limiter is None:
         return
     key_name = getattr(request.state, "api_key_name", None)
     client = f"key:{key_name}" if key_name else f"address:{_address(request)}"
-    wait_s = limiter.acquire(client)
+    wait_s = await limiter.take(client)
     if wait_s > 0:
         request.app.state.metrics.rate_limited.inc()
         logger.warning("rate limited client=%s retry_after_s=%.1f", client, wait_s)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["RateLimiter"]
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+__all__ = ["RateLimiter", "SharedRateLimiter"]
+
+logger = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -52,7 +58,71 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
             return wait
 
+    async def take(self, client: str) -> float:
+        """Take a token for `client`, as `acquire` does; the interface SharedRateLimiter shares."""
+        return self.acquire(client)
+
     @staticmethod
     def retry_after(wait_s: float) -> str:
         """Format a wait as a Retry-After header value: whole seconds, at least 1."""
         return str(max(1, math.ceil(wait_s)))
+
+
+class SharedRateLimiter:
+    """The same token buckets in Redis, so that all replicas and workers share each limit.
+
+    One Lua script refills and takes from a bucket atomically, on Redis's clock.
+    When Redis fails, this process's own buckets (`local`) decide instead, and
+    each replica then admits up to the whole limit on its own.
+    """
+
+    def __init__(self, client: redis.Redis, local: RateLimiter, *, key_prefix: str) -> None:
+        self.client = client
+        self.local = local
+        self.rate = local.rate
+        self.burst = local.burst
+        self.prefix = f"{key_prefix}:ratelimit:"
+        # A bucket left alone this long is full again, so Redis may forget it.
+        self._ttl_ms = math.ceil((self.burst / self.rate + 1) * 1000)
+        self._script = client.register_script(_TAKE_TOKEN_SCRIPT)
+        self._failing = False
+
+    async def take(self, client: str) -> float:
+        """Take a token for `client`; return 0 when granted, else the seconds until one is."""
+        try:
+            wait = await self._script(
+                keys=[self.prefix + client], args=[repr(self.rate), self.burst, self._ttl_ms]
+            )
+        except (RedisError, OSError) as error:
+            if not self._failing:
+                logger.warning(
+                    "rate limit falls back to this process's buckets, Redis failed error=%s",
+                    f"{type(error).__name__}: {error}",
+                )
+            self._failing = True
+            return self.local.acquire(client)
+        if self._failing:
+            logger.info("rate limit shared through Redis again")
+        self._failing = False
+        return float(wait)
+
+
+_TAKE_TOKEN_SCRIPT = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(bucket[1]) or burst
+local updated = tonumber(bucket[2]) or t
+tokens = math.min(burst, tokens + math.max(0, t - updated) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(t))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return tostring(wait)
+"""

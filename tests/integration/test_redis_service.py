@@ -31,7 +31,9 @@ def ollama() -> Iterator[FakeOllama]:
 
 
 def redis_app(ollama: FakeOllama, redis_url: str, **overrides) -> TestClient:
-    settings = make_settings(ollama.url, redis_url=redis_url, rate_limit_per_minute=0, **overrides)
+    settings = make_settings(
+        ollama.url, redis_url=redis_url, **{"rate_limit_per_minute": 0, **overrides}
+    )
     return TestClient(create_app(settings))
 
 
@@ -126,3 +128,30 @@ def test_workers_share_redis(ollama, redis_server, tmp_path):
     assert [response.status_code for response in responses] == [200] * 40
     assert {response.json()["delegation"]["store"] for response in responses} == {"redis"}
     assert exit_code == 0
+
+
+def test_replicas_share_the_rate_limit(ollama, redis_server):
+    limited = dict(rate_limit_per_minute=1, rate_limit_burst=2, response_cache_ttl_s=0)
+    with (
+        redis_app(ollama, redis_server.url, **limited) as first,
+        redis_app(ollama, redis_server.url, **limited) as second,
+    ):
+        statuses = [
+            replica.post(GENERATE, json={"utterance": f"Who is my manager {index}?"})
+            for index, replica in enumerate([first, second, first])
+        ]
+
+    assert [response.status_code for response in statuses] == [200, 200, 429]
+    assert statuses[2].headers["retry-after"]
+
+
+def test_rate_limit_falls_back_when_redis_is_down(ollama, redis_server):
+    limited = dict(rate_limit_per_minute=1, rate_limit_burst=1, response_cache_ttl_s=0)
+    with redis_app(ollama, redis_server.url, **limited) as client:
+        redis_server.kill()
+        statuses = [
+            client.post(GENERATE, json={"utterance": f"Who is my boss {index}?"}).status_code
+            for index in range(2)
+        ]
+
+    assert statuses == [200, 429]
