@@ -81,6 +81,7 @@ def summary(
         "concurrent_rps": concurrency_result.get("concurrent_rps"),
         "concurrent_bound_rps": concurrency_result.get("concurrent_bound_rps"),
         "concurrent_in_process_rps": concurrency_result.get("in_process", {}).get("rps"),
+        "concurrent_two_workers_rps": concurrency_result.get("ollama_two_workers", {}).get("rps"),
         "retrieval_ms": retrieval_result.get("retrieval_ms"),
         "search_ms": retrieval_result.get("search_ms"),
         "embedded_tokens_per_s": _embedded_speed(embedded_result),

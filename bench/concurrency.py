@@ -9,10 +9,12 @@ against it, each with a closed loop of that many keep-alive connections:
 
 - `in_process`: the instant small-model backend awaits the latency itself;
 - `ollama`: the real Ollama backend (official client, circuit breaker) calls
-  `bench.simulated_ollama`, which returns each chat response after the latency.
+  `bench.simulated_ollama`, which returns each chat response after the latency;
+- `ollama_two_workers`: the same through `python -m app` itself with
+  WORKERS=2, as a host with two cores would run it.
 
-The second is the deployed path, so its rate is `concurrent_rps`. Prints one
-JSON object as its last line.
+The second is the deployed path with one worker, so its rate is
+`concurrent_rps`. Prints one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -90,6 +92,25 @@ def _measure(
     return figures
 
 
+def plan_service_settings(port: int, ollama_port: int, *, workers: int) -> dict[str, str]:
+    """Return the variables that run `python -m app` as the benchmark's other services run."""
+    return {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "SMALL_MODEL_BACKEND": "ollama",
+        "OLLAMA_HOST": f"http://127.0.0.1:{ollama_port}",
+        "LOCAL_MODEL_NAME": "bench-model",
+        "LARGE_MODEL_BACKEND": "none",
+        "RATE_LIMIT_PER_MINUTE": "0",  # every request comes from one client address
+        "RESPONSE_CACHE_TTL_S": "0",
+        "BANK_ANSWER_SIMILARITY": "2",  # above 1: every request reaches the small model
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PYTHON_DOTENV_DISABLED": "1",  # a developer's .env must not change the run
+    }
+
+
 def ollama_servers(options: ConcurrencyOptions, workdir: Path) -> tuple[ServerProcess, ...]:
     """Return the simulated Ollama server and the service that calls it, not yet started."""
     ollama_port, service_port = free_port(), free_port()
@@ -123,12 +144,22 @@ def run(options: ConcurrencyOptions, workdir: Path) -> dict[str, Any]:
         in_process_port,
         workdir / "service-in-process.log",
     )
-    servers = (in_process, *ollama_servers(options, workdir))
+    simulated, one_worker = ollama_servers(options, workdir)
+    two_workers_port = free_port()
+    two_workers = ServerProcess(
+        ["app"],
+        two_workers_port,
+        workdir / "service-two-workers.log",
+        settings=plan_service_settings(two_workers_port, simulated.port, workers=2),
+    )
+    servers = (in_process, simulated, one_worker, two_workers)
     start_all(servers)
     try:
         variants = {
             "in_process": _measure(in_process, options),
-            "ollama": _measure(servers[2], options, model_server=servers[1]),
+            "ollama": _measure(one_worker, options, model_server=simulated),
+            # The CPU figures cover the supervising process only, not its two workers.
+            "ollama_two_workers": _measure(two_workers, options, model_server=simulated),
         }
     finally:
         stop_all(servers)
@@ -164,14 +195,19 @@ def profile_ollama_variant(options: ConcurrencyOptions, workdir: Path) -> dict[s
 def describe(result: dict[str, Any]) -> list[str]:
     """Return readable lines for the concurrency figures."""
     lines = []
-    for name in ("in_process", "ollama"):
+    for name in ("in_process", "ollama", "ollama_two_workers"):
         variant = result[name]
+        cpu = (
+            f", service CPU {variant['service_cpu_share']:.0%} of a core "
+            f"({variant.get('service_cpu_ms_per_request')} ms per request)"
+            if name != "ollama_two_workers"
+            else ""
+        )
         lines.append(
             f"{name}: {variant['rps']} rps = {variant['share_of_bound']:.0%} of the bound "
             f"{result['concurrent_bound_rps']:g} (target >= {TARGET_SHARE:.0%}), "
             f"p50/p99 {variant.get('p50_ms')}/{variant.get('p99_ms')} ms, "
-            f"errors {variant['errors']}, service CPU {variant['service_cpu_share']:.0%} of a "
-            f"core ({variant.get('service_cpu_ms_per_request')} ms per request)"
+            f"errors {variant['errors']}{cpu}"
         )
     lines.append(f"load average before/after: {result['load_average']}")
     return lines

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -222,10 +222,17 @@ class ServerProcess:
     service's setting variables, so nothing from the shell changes the run.
     """
 
-    def __init__(self, module_args: Sequence[str], port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        module_args: Sequence[str],
+        port: int,
+        log_path: Path,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.module_args = list(module_args)
         self.port = port
         self.log_path = log_path
+        self.settings = dict(settings or {})  # setting variables the process gets, if any
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -234,6 +241,7 @@ class ServerProcess:
         environment = {
             name: value for name, value in os.environ.items() if name.upper() not in setting_names
         }
+        environment.update(self.settings)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
