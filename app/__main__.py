@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from types import FrameType
@@ -13,9 +14,12 @@ from uvicorn.server import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
 from app.domain.calibration import CalibrationError
 from app.domain.example_bank import BankError, load_bank
 from app.main import load_configured_calibration
+
+logger = logging.getLogger("app")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -33,12 +37,14 @@ def main() -> None:
         sys.exit(f"plan-service: invalid settings: {_describe(error)}")
     except (CalibrationError, BankError, FileNotFoundError) as error:
         sys.exit(f"plan-service: {error}")
+    # The workers set logging up again; this covers the supervising process's own lines.
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and not settings.redis_url:
-        print(
-            f"plan-service: warning: WORKERS={settings.workers} without REDIS_URL: each worker "
-            "keeps its own delegation budget and cache, so the fleet may delegate more than "
-            "DELEGATION_MAX_RATIO; set REDIS_URL to share them",
-            file=sys.stderr,
+        logger.warning(
+            "WORKERS=%d without REDIS_URL: each worker keeps its own delegation budget, "
+            "cache and rate limit, so the fleet may delegate more than DELEGATION_MAX_RATIO; "
+            "set REDIS_URL to share them",
+            settings.workers,
         )
     # Uvicorn (0.55) ends a signalled shutdown by raising the signal again under the handler it
     # found, which by default kills the process (exit status -15, 143 in a shell) after a
@@ -63,7 +69,8 @@ def main() -> None:
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
     if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
-        sys.exit("plan-service: a worker failed to start (its error is logged above)")
+        logger.error("plan-service stopped: a worker failed to start (its error is logged above)")
+        sys.exit(1)
 
 
 def _check_files(settings: Settings) -> None:

@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
 from fastapi import FastAPI
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import RETRY_AFTER_SECONDS, install_error_handlers, problem_response
 from app.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.routes import health, plans
+from app.api.schemas import PlanResponse
 from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.api_keys import parse_api_keys
@@ -82,6 +84,31 @@ async def build_policy_store(
     return store
 
 
+async def check_redis_credentials(client: redis.Redis) -> None:
+    """Raise RuntimeError when Redis rejects REDIS_URL's credentials.
+
+    An unreachable Redis is a passing outage that local state covers; wrong
+    credentials are a configuration error that would leave every replica on
+    its own budget for good, so the start fails.
+    """
+    try:
+        await client.ping()
+    except AuthenticationError as error:
+        raise RuntimeError(
+            f"REDIS_URL: Redis rejected the credentials ({error}): set the password in "
+            "REDIS_URL as redis://:PASSWORD@HOST:PORT/DB"
+        ) from None
+    except ResponseError as error:
+        if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+            raise RuntimeError(
+                f"REDIS_URL: Redis rejected the credentials ({error}): set the password in "
+                "REDIS_URL as redis://:PASSWORD@HOST:PORT/DB"
+            ) from None
+        raise
+    except (RedisError, OSError) as error:
+        logger.warning("redis unreachable at start-up, local state for now error=%s", error)
+
+
 def build_response_cache(
     settings: Settings, redis_client: redis.Redis | None
 ) -> ResponseCache | None:
@@ -106,6 +133,8 @@ def response_namespace(settings: Settings, planner: Planner) -> str:
             ),
             "bank": planner.index.fingerprint(),
             "calibration": planner.calibration.version if planner.calibration else None,
+            # A release that changes the response's fields must not serve the old ones.
+            "response_schema": PlanResponse.model_json_schema(),
             "settings": settings.model_dump(
                 include={
                     "few_shot_k",
@@ -307,6 +336,8 @@ def create_app(
             if settings.redis_url
             else None
         )
+        if redis_client is not None:
+            await check_redis_credentials(redis_client)
         policy = await build_policy_store(settings, calibration, redis_client)
         app.state.planner = build_planner(settings, index, small, large, calibration, policy)
         app.state.response_cache = build_response_cache(settings, redis_client)

@@ -36,11 +36,13 @@ class RequestIdMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
@@ -48,6 +50,18 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here, while the request id is still set: Starlette's outermost
+            # handler runs after this middleware has reset it.
+            if response_started:
+                raise
+            logger.exception("unhandled error path=%s", scope["path"])
+            response = problem_response(
+                500,
+                "Internal server error",
+                "The service failed unexpectedly; the error is logged under this request id.",
+            )
+            await response(scope, receive, send_with_id)
         finally:
             metrics = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
             if metrics is not None:

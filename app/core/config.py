@@ -5,9 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 
 from app.core.api_keys import parse_api_keys
 
@@ -112,11 +114,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SMALL_MODEL_BACKEND=ollama needs OLLAMA_HOST, e.g. http://127.0.0.1:11434"
             )
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                "REDIS_URL must start with redis://, rediss:// or unix://, "
-                "e.g. redis://127.0.0.1:6379/0"
-            )
+        if self.redis_url:
+            _check_redis_url(self.redis_url)
         return self
 
     @model_validator(mode="after")
@@ -134,6 +133,21 @@ class Settings(BaseSettings):
         if self.small_model_backend != "auto":
             return self.small_model_backend
         return "ollama" if self.ollama_host else "llama-cpp"
+
+
+def _check_redis_url(url: str) -> None:
+    """Raise ValueError naming the fault in a Redis URL, without echoing its password."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "REDIS_URL must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0"
+        )
+    try:
+        parts = parse_url(url)
+    except ValueError as error:
+        raise ValueError(f"REDIS_URL is invalid: {error}") from None
+    database = urlsplit(url).path.strip("/")
+    if "path" not in parts and database and "db" not in parts:
+        raise ValueError(f"REDIS_URL names database {database!r}: it must be a number, e.g. /0")
 
 
 @lru_cache(maxsize=1)

@@ -8,8 +8,8 @@ Lua script, which Redis runs atomically. So concurrent replicas neither
 overshoot the budget nor lose an update.
 
 When Redis cannot be reached, a replica decides with its local policy, which
-has mirrored every shared decision and so starts warm, and tries Redis again
-after `retry_s`. A Redis that comes back empty (restarted without persistence)
+has mirrored every decision it took through Redis and so starts warm. It
+tries Redis again after `retry_s`. A Redis that comes back empty (restarted without persistence)
 is seeded from the local window, so the fleet does not warm up from nothing.
 """
 

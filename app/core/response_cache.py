@@ -107,13 +107,21 @@ class RedisResponseCache:
 
     backend = "redis"
 
-    def __init__(self, client: redis.Redis, ttl_s: float, *, key_prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_s: float, *, key_prefix: str, retry_s: float = 1.0
+    ) -> None:
         self.client = client
         self.ttl_ms = max(1, round(ttl_s * 1000))
         self.prefix = f"{key_prefix}:cache:"
+        # After a failure, Redis is left alone this long: a hung server would otherwise
+        # cost every request two timeouts.
+        self.retry_s = retry_s
         self._failing = False
+        self._retry_at = 0.0
 
     async def get(self, key: str) -> dict[str, Any] | None:
+        if self._resting():
+            return None
         try:
             stored = await self.client.get(self.prefix + key)
         except (RedisError, OSError) as error:
@@ -123,12 +131,17 @@ class RedisResponseCache:
         if stored is None:
             return None
         try:
-            return json.loads(stored)
+            body = json.loads(stored)
         except ValueError:
-            logger.warning("unreadable cache entry dropped key=%s", key)
+            body = None
+        if not isinstance(body, dict):
+            logger.warning("unreadable cache entry ignored key=%s", key)
             return None
+        return body
 
     async def put(self, key: str, body: Mapping[str, Any]) -> None:
+        if self._resting():
+            return
         encoded = json.dumps(body, separators=(",", ":"))
         try:
             await self.client.set(self.prefix + key, encoded, px=self.ttl_ms)
@@ -137,7 +150,11 @@ class RedisResponseCache:
         else:
             self._recovered()
 
+    def _resting(self) -> bool:
+        return self._failing and time.monotonic() < self._retry_at
+
     def _failed(self, operation: str, error: Exception) -> None:
+        self._retry_at = time.monotonic() + self.retry_s
         if not self._failing:
             logger.warning(
                 "response cache unavailable, requests go to the models operation=%s error=%s",

@@ -172,8 +172,8 @@ def fit_logistic(
     """Fit an L2-regularized logistic regression by Newton's method.
 
     Features are standardized first, so `l2` weighs them alike; the intercept
-    is not penalized. A constant feature gets scale 1 and, through the
-    penalty, a zero coefficient.
+    is not penalized. A constant feature (spread under 1e-6) gets scale 1
+    and, through the penalty, a zero coefficient.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
@@ -181,7 +181,9 @@ def fit_logistic(
         raise ValueError("need a non-empty 2-D feature matrix with one label per row")
     means = matrix.mean(axis=0)
     scales = matrix.std(axis=0)
-    scales[scales < 1e-12] = 1.0
+    # Below the file's six decimals a spread is rounding noise (a similarity of 1.0 as
+    # float32), and written out it would round to a scale of 0.
+    scales[scales < 1e-6] = 1.0
     design = np.hstack([np.ones((len(matrix), 1)), (matrix - means) / scales])
     penalty = np.full(design.shape[1], l2)
     penalty[0] = 0.0

@@ -777,3 +777,23 @@ def test_cache_off_with_zero_ttl(ollama):
             test_client.post("/api/inference/generate-plan", json={"utterance": "Who is my boss?"})
 
     assert len(ollama.requests_to("/api/chat")) == 2
+
+
+def test_unexpected_error_keeps_request_id(ollama):
+    app = create_app(make_settings(ollama.url))
+    with TestClient(app, raise_server_exceptions=False) as client:
+
+        async def broken(*_args, **_kwargs):
+            raise RuntimeError("a bug")
+
+        app.state.planner.generate = broken
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who is my boss?"},
+            headers={"X-Request-ID": "bug-500"},
+        )
+
+    assert response.status_code == 500
+    assert response.json()["request_id"] == "bug-500"
+    assert response.headers["x-request-id"] == "bug-500"
+    assert "a bug" not in response.text

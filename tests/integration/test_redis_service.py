@@ -11,12 +11,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.integration.test_api import MODEL, PLAN, make_settings
 from tests.integration.test_shutdown import free_port, service_environment
 from tests.support.fake_ollama import FakeOllama, ScriptedReply
+from tests.support.redis_server import RedisServer
 
 GENERATE = "/api/inference/generate-plan"
 
@@ -155,3 +157,43 @@ def test_rate_limit_falls_back_when_redis_is_down(ollama, redis_server):
         ]
 
     assert statuses == [200, 429]
+
+
+def test_invalid_cache_entry_is_a_miss(ollama, redis_server):
+    body = {"utterance": "Who is my manager?"}
+    with redis_app(ollama, redis_server.url) as client:
+        client.post(GENERATE, json=body)
+        store = redis.Redis.from_url(redis_server.url)
+        for key in store.keys("*:cache:*"):
+            store.set(key, '{"plan": 5}')
+        again = client.post(GENERATE, json=body)
+
+    assert again.status_code == 200
+    assert again.json()["cached"] is False
+    assert len(ollama.requests_to("/api/chat")) == 2
+
+
+def test_hung_redis_cache_rests(ollama, redis_server):
+    body = {"utterance": "Who is my manager?"}
+    with redis_app(ollama, redis_server.url, redis_timeout_s=0.2) as client:
+        client.post(GENERATE, json=body)
+        redis_server.pause()
+        try:
+            started = time.perf_counter()
+            for index in range(5):
+                client.post(GENERATE, json={"utterance": f"Who is my manager {index}?"})
+            elapsed = time.perf_counter() - started
+        finally:
+            redis_server.resume()
+
+    assert elapsed < 5 * 0.2  # without the rest, each request waits at least 0.4 s
+
+
+def test_wrong_redis_password_stops_start(ollama, redis_server_binary):
+    server = RedisServer(redis_server_binary, "--requirepass", "right-password").start()
+    try:
+        url = f"redis://:wrong-password@127.0.0.1:{server.port}/0"
+        with pytest.raises(RuntimeError, match="rejected the credentials"), redis_app(ollama, url):
+            pass
+    finally:
+        server.close()

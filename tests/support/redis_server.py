@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -36,8 +37,9 @@ def require_redis_server() -> str:
 class RedisServer:
     """One redis-server process on a free loopback port; the port survives a restart."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *options: str) -> None:
         self.binary = binary
+        self.options = list(options)  # more redis-server options, e.g. --requirepass
         self.port = _free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="redis-test-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -58,6 +60,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", self._workdir.name,
                 "--protected-mode", "yes",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -78,6 +81,16 @@ class RedisServer:
         self._process.wait(timeout=10)
         self._process = None
 
+    def pause(self) -> None:
+        """Stop the server's process (SIGSTOP): connections stay open but nothing answers."""
+        assert self._process is not None, "start() first"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT)."""
+        assert self._process is not None, "start() first"
+        self._process.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         self.kill()
         self._workdir.cleanup()
@@ -93,6 +106,6 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as connection:
             connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
+            return connection.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, maybe locked
     except OSError:
         return False

@@ -183,3 +183,12 @@ def test_missing_and_non_json_files_are_named(tmp_path: Path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(CalibrationError, match="is not JSON"):
         load_calibration(tmp_path / "bad.json")
+
+
+def test_near_constant_feature_gets_unit_scale():
+    matrix = np.array([[1.0, 0.1], [1.0 - 1e-8, 0.9], [1.0, 0.2], [1.0, 0.8]])
+    labels = np.array([0.0, 1.0, 0.0, 1.0])
+
+    fit = fit_logistic(matrix, labels)
+
+    assert fit.scales[0] == 1.0

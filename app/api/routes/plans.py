@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from app.api.auth import limit_rate, require_scope
 from app.api.errors import problem_response
@@ -76,6 +77,8 @@ async def generate_plan(body: PlanRequest, request: Request) -> Response:
         started = time.perf_counter()
         cache_key = request_key(request.app.state.response_namespace, body.utterance, context)
         stored = await cache.get(cache_key)
+        if stored is not None and not _valid_cached(stored):
+            stored = None
         metrics.cache_lookups.labels("miss" if stored is None else "hit").inc()
         if stored is not None:
             milliseconds = (time.perf_counter() - started) * 1000
@@ -142,6 +145,16 @@ def _cacheable(result: PlanResult) -> bool:
         and result.delegation_status in ("not_wanted", "completed")
         and result.plan_problem is None
     )
+
+
+def _valid_cached(stored: dict[str, Any]) -> bool:
+    """Return True when a cached body is a whole plan response; a shared store may hold anything."""
+    try:
+        PlanResponse.model_validate({**stored, "request_id": "", "timings_ms": {}})
+    except ValidationError as error:
+        logger.warning("invalid cache entry ignored errors=%d", error.error_count())
+        return False
+    return True
 
 
 def _cached_response(
