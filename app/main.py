@@ -257,7 +257,7 @@ def _warn_if_open(settings: Settings, keys: list) -> None:
 
 
 class ShutdownCancellationMiddleware:
-    """Answer 503 to a request that the server cancels while it shuts down."""
+    """Return a 503 for a request that the server cancels while it shuts down."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

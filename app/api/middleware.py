@@ -51,7 +51,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            # Answered here, while the request id is still set: Starlette's outermost
+            # Handled here, while the request id is still set: Starlette's outermost
             # handler runs after this middleware has reset it.
             if response_started:
                 raise

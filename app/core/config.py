@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_key_prefix: str = Field("plan-service", min_length=1)
     redis_timeout_s: float = Field(0.25, gt=0)
-    # Repeated requests are answered from the cache for this long; 0 turns it off.
+    # A repeated request gets the cached response for this long; 0 turns the cache off.
     response_cache_ttl_s: float = Field(300.0, ge=0)
     response_cache_max_entries: int = Field(10_000, ge=1)
 

@@ -120,7 +120,7 @@ def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Respo
     Such a plan uses functions that no bank example uses: a model that
     followed instructions injected into the utterance, or one that invented a
     function. It is never returned as a plan, whatever it contains, and the
-    client is not told its function names: they may be the injected text.
+    client never sees its function names: they may be the injected text.
     """
     metrics.fallbacks.labels("plan_rejected").inc()
     logger.warning(
