@@ -87,7 +87,7 @@ async def build_policy_store(
 async def check_redis_credentials(client: redis.Redis) -> None:
     """Raise RuntimeError when Redis rejects REDIS_URL's credentials.
 
-    An unreachable Redis is a passing outage that local state covers; wrong
+    An unreachable Redis is a passing outage that local state covers. Wrong
     credentials are a configuration error that would leave every replica on
     its own budget for good, so the start fails.
     """
