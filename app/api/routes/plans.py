@@ -96,9 +96,13 @@ async def generate_plan(body: PlanRequest, request: Request) -> Response:
     if result.plan_problem is not None:
         return _refuse_unchecked_plan(result, metrics)
     response = _to_response(result)
+    content = response.model_dump()
     _record(metrics, result, planner)
     if cache_key is not None and _cacheable(result):
-        await cache.put(cache_key, response.model_dump(exclude=_PER_REQUEST_FIELDS))
+        await cache.put(
+            cache_key,
+            {name: value for name, value in content.items() if name not in _PER_REQUEST_FIELDS},
+        )
     # Appended to the request's one log line (RequestIdMiddleware), not a line of its own.
     request.state.log_fields = (
         f"model={response.model} backend={response.backend} origin={response.origin} "
@@ -107,7 +111,7 @@ async def generate_plan(body: PlanRequest, request: Request) -> Response:
         f"threshold={response.delegation.threshold} ratio={response.delegation.ratio} "
         f"store={response.delegation.store} total_ms={result.timings_ms.get('total')}"
     )
-    return JSONResponse(response.model_dump())
+    return JSONResponse(content)
 
 
 # Fields that describe this request rather than its plan; a cached response gets new ones.
@@ -117,10 +121,11 @@ _PER_REQUEST_FIELDS = {"request_id", "timings_ms", "cached"}
 def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Response:
     """Return a 502 problem instead of a plan that fails the plan check.
 
-    Such a plan uses functions that no bank example uses: a model that
-    followed instructions injected into the utterance, or one that invented a
-    function. It is never returned as a plan, whatever it contains, and the
-    client never sees its function names: they may be the injected text.
+    Such a plan is malformed, or uses functions or arguments that no bank
+    example uses: the work of a model that followed instructions injected into
+    the utterance, or of one that invented them. It is never returned as a
+    plan, whatever it contains, and the client never sees its function names:
+    they may be the injected text.
     """
     metrics.fallbacks.labels("plan_rejected").inc()
     logger.warning(
