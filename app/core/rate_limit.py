@@ -16,6 +16,8 @@ __all__ = ["RateLimiter", "SharedRateLimiter"]
 
 logger = logging.getLogger(__name__)
 
+REDIS_RETRY_S = 1.0
+
 
 class RateLimiter:
     """Token buckets by client name, thread-safe, forgetting the least recently seen clients.
@@ -86,14 +88,18 @@ class SharedRateLimiter:
         self._ttl_ms = math.ceil((self.burst / self.rate + 1) * 1000)
         self._script = client.register_script(_TAKE_TOKEN_SCRIPT)
         self._failing = False
+        self._retry_at = 0.0
 
     async def take(self, client: str) -> float:
         """Take a token for `client`; return 0 when granted, else the seconds until one is."""
+        if self._failing and time.monotonic() < self._retry_at:
+            return self.local.acquire(client)  # Redis is left alone a second after a failure
         try:
             wait = await self._script(
                 keys=[self.prefix + client], args=[repr(self.rate), self.burst, self._ttl_ms]
             )
         except (RedisError, OSError) as error:
+            self._retry_at = time.monotonic() + REDIS_RETRY_S
             if not self._failing:
                 logger.warning(
                     "rate limit falls back to this process's buckets, Redis failed error=%s",
