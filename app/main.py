@@ -277,7 +277,7 @@ class ShutdownCancellationMiddleware:
             await self.app(scope, receive, tracking_send)
         except asyncio.CancelledError:
             # Uvicorn cancels the requests still running when SHUTDOWN_GRACE_S runs out and
-            # answers them with a bare 500. A 503 tells the client that a retry can succeed
+            # sends each a bare 500. A 503 tells the client that a retry can succeed
             # elsewhere. The cancellation is not raised again, because the request's task
             # ends here and uvicorn would only log it as an application error.
             if response_started:

@@ -663,8 +663,8 @@ def vote_for_plans(utterance: str, few_shot: list[ScoredExample]) -> list[Candid
     ]
 
 
-def _listed(items: list[str], most: int = 5) -> str:
-    return ", ".join(items[:most]) + (" ..." if len(items) > most else "")
+def _listed(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
 
 def _tokens_note(output_tokens: int | None) -> str:

@@ -5,10 +5,11 @@
 The banks come from the SMCalFlow bank: the dialogues file next to this
 repository, imported as `plan-import` does, or an imported bank file given
 with --bank. A bank up to the source's size is a random sample of it. A larger
-one contains the whole source plus variants of its examples: copies in which the
+one contains the whole source plus variants of its examples. In a variant, the
 utterance's person names, weekdays, numbers (and so times), am/pm and event
-words are swapped for others of the same kind, the same words are swapped in
-the plan's literals, and the utterance differs from every other in the bank.
+words are swapped for others of the same kind, and so are the same words in
+the plan's literals. Every variant's utterance differs from every other in the
+bank.
 
 For each size the index is built, then each query (a dev turn with its
 previous turn) is timed through `ExampleIndex.search` alone and through the

@@ -2,8 +2,8 @@
 
     python -m bench.simulated_ollama --port 11500 --latency-ms 200
 
-It stands in for an Ollama server whose model takes a fixed time per request,
-for throughput benchmarks of the real Ollama backend. POST /api/chat waits
+It simulates an Ollama server whose model takes a fixed time per request, for
+throughput benchmarks of the real Ollama backend. POST /api/chat waits
 --latency-ms, then returns one non-streamed chat response with a fixed plan
 and a log probability per token, in the layout of Ollama 0.13. POST /api/show
 describes a model that can generate text, and GET /api/tags, GET /api/version

@@ -308,7 +308,7 @@ class BackendReadiness(BaseModel):
 
 
 class PolicyStoreReadiness(BaseModel):
-    """Where the delegation policy keeps its state, as /ready reports it."""
+    """The store of the delegation policy's state, as /ready reports it."""
 
     backend: Literal["memory", "redis"]
     shared: bool = Field(

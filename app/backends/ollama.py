@@ -99,6 +99,8 @@ class OllamaBackend:
         # Several clients taken in turn. One client's connection pool (httpcore 1.0) closes
         # connections beyond 20 idle ones and scans its pool per request, so 64 concurrent
         # requests through one client reached about 60% of the throughput a model allows.
+        # NOTE: with four, the same load reached 81 to 87% on 2 shared cores, under the 90%
+        # the benchmarks aim at: the client's own CPU per request is the likely limit.
         self._clients = [
             ollama.AsyncClient(host=host, timeout=timeout_s) for _ in range(CLIENT_POOL_SIZE)
         ]

@@ -28,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "pid": record.process,  # tells the workers of one service (WORKERS) apart
+            "pid": record.process,  # distinguishes the workers of one service (WORKERS)
         }
         request_id = request_id_var.get()
         if request_id:

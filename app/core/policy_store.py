@@ -1,4 +1,4 @@
-"""Where the delegation policy keeps its state: in this process, or in Redis for a fleet.
+"""Stores of the delegation policy's state: this process's memory, or Redis for a fleet.
 
 With several replicas, each one deciding on its own window would drift on its
 own traffic, and the fleet as a whole could exceed the delegation budget. The

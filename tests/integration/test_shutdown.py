@@ -155,7 +155,7 @@ def post_plan(url: str, results: list, timeout_s: float = 30) -> None:
 
 
 def run_sigterm_scenario(workdir: Path, ollama: FakeOllama, grace_s: float) -> Outcome:
-    """Send SIGTERM while the model is answering a plan request, then try a new request."""
+    """Send SIGTERM while the model generates a plan, then try a new request."""
     service = start_service(workdir, ollama.url, grace_s)
     try:
         chats_before = len(ollama.requests_to("/api/chat"))

@@ -82,7 +82,7 @@ class RedisServer:
         self._process = None
 
     def pause(self) -> None:
-        """Stop the server's process (SIGSTOP): connections stay open but nothing answers."""
+        """Stop the server's process (SIGSTOP): connections stay open but no reply comes."""
         assert self._process is not None, "start() first"
         self._process.send_signal(signal.SIGSTOP)
 

@@ -60,7 +60,7 @@ async def ready(request: Request) -> JSONResponse:
 
     The large model being down is not fatal: the small model's plans are
     returned and the responses say that delegation was unavailable. Nor is
-    Redis: the replica decides with its own state, and `policy_store` says so.
+    Redis: the replica decides with its own state, and `policy_store` reports it.
     """
     planner: Planner = request.app.state.planner
     backends = [("small", planner.small)]

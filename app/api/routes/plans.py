@@ -122,10 +122,10 @@ def _refuse_unchecked_plan(result: PlanResult, metrics: ServiceMetrics) -> Respo
     """Return a 502 problem instead of a plan that fails the plan check.
 
     Such a plan is malformed, or uses functions or arguments that no bank
-    example uses: the work of a model that followed instructions injected into
-    the utterance, or of one that invented them. It is never returned as a
-    plan, whatever it contains, and the client never sees its function names:
-    they may be the injected text.
+    example uses. A model writes one when it follows instructions injected into
+    the utterance, or when it invents names. The plan is never returned,
+    whatever it contains, and the client never sees its function names,
+    because they may be the injected text.
     """
     metrics.fallbacks.labels("plan_rejected").inc()
     logger.warning(
