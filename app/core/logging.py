@@ -8,6 +8,11 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+# Client libraries held at WARNING, whatever LOG_LEVEL says. httpx logs every Ollama call
+# at INFO, which repeats the request's own line, and at DEBUG botocore logs each Bedrock
+# request with its headers, which carry the session token of temporary credentials.
+QUIET_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has. Any other attribute came from `extra=` and is logged as a field.
@@ -69,3 +74,6 @@ def configure_logging(level: str, log_format: str) -> None:
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
+    # The backends log what matters of each call, with secrets left out.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

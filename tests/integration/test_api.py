@@ -607,6 +607,46 @@ def test_cut_off_plan_logs_token_limit(ollama, capfd):
     assert "generation stopped at its token limit" in plan_unavailable_log(capfd, "cut-off")
 
 
+def stderr_lines_of(capfd: pytest.CaptureFixture[str], request_id: str) -> list[str]:
+    """Return the text-format log lines written under `request_id`."""
+    return [line for line in capfd.readouterr().err.splitlines() if f"[{request_id}]" in line]
+
+
+def test_request_logs_one_line(ollama, capfd):
+    ollama.enqueue(ScriptedReply(content=PLAN))
+
+    with TestClient(create_app(make_settings(ollama.url, log_level="INFO"))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": UNMATCHED},
+            headers={"X-Request-ID": "one-line"},
+        )
+
+    assert response.status_code == 200
+    lines = stderr_lines_of(capfd, "one-line")
+    assert len(lines) == 1, lines
+    assert " INFO app.access [one-line] request method=POST" in lines[0]
+
+
+def test_debug_log_leaves_out_http_client_lines(ollama, bedrock, capfd):
+    ollama.enqueue(ScriptedReply(content=PLAN, default_logprob=math.log(0.2)))
+
+    with TestClient(create_app(with_large(ollama.url, bedrock, log_level="DEBUG"))) as client:
+        response = client.post(
+            "/api/inference/generate-plan",
+            json={"utterance": "Who reports to me?"},
+            headers={"X-Request-ID": "quiet-clients"},
+        )
+
+    assert response.json()["delegated"] is True
+    lines = stderr_lines_of(capfd, "quiet-clients")
+    # The text format is "date time LEVEL logger [request id] message".
+    loggers = {line.split()[3].split(".")[0] for line in lines}
+    assert "app" in loggers
+    assert not loggers & {"httpx", "httpcore", "botocore", "urllib3"}, lines
+    assert TEST_SECRET_ACCESS_KEY not in "\n".join(lines)
+
+
 def test_unknown_context_field_lists_turn_fields(client):
     response = client.post(
         "/api/inference/generate-plan",
