@@ -26,6 +26,7 @@ async def build_small_backend(settings: Settings) -> ModelBackend:
                 host=settings.ollama_host,
                 model_name=settings.local_model_name,
                 timeout_s=settings.ollama_timeout_s,
+                http_transport=settings.ollama_http_transport,
             ),
             failure_threshold=settings.ollama_circuit_failures,
             reset_after_s=settings.ollama_circuit_reset_s,

@@ -9,12 +9,13 @@ import re
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
 import ollama
 
+from app.backends.aiohttp_transport import AiohttpTransport
 from app.backends.base import BackendStatus, ChatMessage, Completion
 from app.backends.errors import (
     BackendError,
@@ -29,7 +30,12 @@ logger = logging.getLogger(__name__)
 BACKEND_NAME = "ollama"
 DEFAULT_PROBE_TIMEOUT_S = 5.0
 MAX_ERROR_TEXT_CHARS = 300
-CLIENT_POOL_SIZE = 4
+HTTP_TRANSPORTS = ("aiohttp", "httpx")
+HttpTransportName = Literal["aiohttp", "httpx"]
+# Clients taken in turn with httpx's own transport. One client's connection pool (httpcore
+# 1.0) closes connections beyond 20 idle ones and scans its pool per request, so 64
+# concurrent requests through one client reached about 60% of the throughput a model allows.
+HTTPX_CLIENT_COUNT = 4
 
 # Exceptions that the ollama client raises on a failed call. It wraps HTTP status errors in
 # ResponseError and httpx.ConnectError in the builtin ConnectionError, and lets
@@ -71,6 +77,7 @@ class OllamaBackend:
         probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         options: Mapping[str, Any] | None = None,
         keep_alive: float | str | None = None,
+        http_transport: HttpTransportName = "aiohttp",
     ) -> None:
         """Configure the client; nothing is sent until the first call.
 
@@ -80,6 +87,8 @@ class OllamaBackend:
         `temperature` or `num_predict`, which every request sets. `keep_alive`
         is how long the server keeps the model loaded after a request (seconds, or
         a duration such as "10m"), and None leaves the server's default.
+        `http_transport` carries the client's HTTP: "aiohttp" (AiohttpTransport,
+        the lighter one under concurrent requests) or "httpx" (httpx's own).
         """
         if not host:
             raise ValueError("host must not be empty")
@@ -89,6 +98,9 @@ class OllamaBackend:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if probe_timeout_s <= 0:
             raise ValueError(f"probe_timeout_s must be positive, got {probe_timeout_s}")
+        if http_transport not in HTTP_TRANSPORTS:
+            choices = ", ".join(HTTP_TRANSPORTS)
+            raise ValueError(f"http_transport must be one of {choices}, got {http_transport!r}")
 
         self.model_name = model_name
         self.host = redact_host(host)
@@ -96,21 +108,22 @@ class OllamaBackend:
         self.probe_timeout_s = min(probe_timeout_s, timeout_s)
         self._options = dict(options or {})
         self._keep_alive = keep_alive
-        # Several clients taken in turn. One client's connection pool (httpcore 1.0) closes
-        # connections beyond 20 idle ones and scans its pool per request, so 64 concurrent
-        # requests through one client reached about 60% of the throughput a model allows.
-        # NOTE: with four, the same load reached 81 to 87% on 2 shared cores, under the 90%
-        # the benchmarks aim at: the client's own CPU per request is the likely limit.
-        self._clients = [
-            ollama.AsyncClient(host=host, timeout=timeout_s) for _ in range(CLIENT_POOL_SIZE)
-        ]
+        self.http_transport = http_transport
+        if http_transport == "aiohttp":
+            self._clients = [
+                ollama.AsyncClient(host=host, timeout=timeout_s, transport=AiohttpTransport())
+            ]
+        else:
+            self._clients = [
+                ollama.AsyncClient(host=host, timeout=timeout_s) for _ in range(HTTPX_CLIENT_COUNT)
+            ]
         self._next_client = itertools.cycle(self._clients)
         self._client = self._clients[0]  # for probes
 
     def __repr__(self) -> str:
         return (
             f"OllamaBackend(host={self.host!r}, model_name={self.model_name!r}, "
-            f"timeout_s={self.timeout_s})"
+            f"timeout_s={self.timeout_s}, http_transport={self.http_transport!r})"
         )
 
     async def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int) -> Completion:

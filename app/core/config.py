@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     local_model_name: str = "llama3.1"
     ollama_host: str | None = None
     ollama_timeout_s: float = Field(30.0, gt=0)
+    # The Ollama client's HTTP layer: aiohttp (lighter under concurrent requests) or httpx's own.
+    ollama_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     # After this many calls in a row fail to reach Ollama, fail at once for the reset time.
     ollama_circuit_failures: int = Field(3, ge=1)
     ollama_circuit_reset_s: float = Field(10.0, gt=0)

@@ -81,6 +81,7 @@ async def test_trial_call_closes_the_circuit(ollama):
     assert backend.state == "open"
 
     clock.now += 10
+    await backend.inner.aclose()
     backend.inner = OllamaBackend(host=ollama.url, model_name=MODEL, timeout_s=5.0)
     ollama.enqueue(ScriptedReply(content=PLAN))
     completion = await backend.complete(PROMPT, max_tokens=32)

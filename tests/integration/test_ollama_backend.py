@@ -16,7 +16,12 @@ from app.backends.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-from app.backends.ollama import OllamaBackend
+from app.backends.ollama import (
+    HTTP_TRANSPORTS,
+    HTTPX_CLIENT_COUNT,
+    HttpTransportName,
+    OllamaBackend,
+)
 from tests.support.fake_ollama import FakeOllama, ScriptedReply, unused_local_url
 
 pytestmark = pytest.mark.anyio
@@ -40,9 +45,19 @@ def server() -> Iterator[FakeOllama]:
         yield fake
 
 
+@pytest.fixture(params=HTTP_TRANSPORTS)
+def http_transport(request: pytest.FixtureRequest) -> HttpTransportName:
+    """Run each test through both HTTP layers of the ollama client."""
+    return request.param
+
+
 @pytest.fixture
-async def backend(server: FakeOllama) -> AsyncIterator[OllamaBackend]:
-    ollama_backend = OllamaBackend(host=server.url, model_name=MODEL, timeout_s=5.0)
+async def backend(
+    server: FakeOllama, http_transport: HttpTransportName
+) -> AsyncIterator[OllamaBackend]:
+    ollama_backend = OllamaBackend(
+        host=server.url, model_name=MODEL, timeout_s=5.0, http_transport=http_transport
+    )
     yield ollama_backend
     await ollama_backend.aclose()
 
@@ -90,13 +105,16 @@ async def test_complete_request_fields(server: FakeOllama, backend: OllamaBacken
     ]
 
 
-async def test_complete_options_merged(server: FakeOllama) -> None:
+async def test_complete_options_merged(
+    server: FakeOllama, http_transport: HttpTransportName
+) -> None:
     backend = OllamaBackend(
         host=server.url,
         model_name=MODEL,
         timeout_s=5.0,
         options={"num_ctx": 8192, "temperature": 0.9, "num_predict": 5},
         keep_alive="10m",
+        http_transport=http_transport,
     )
     try:
         await backend.complete(MESSAGES, max_tokens=32)
@@ -137,8 +155,10 @@ async def test_complete_without_logprobs(server: FakeOllama, backend: OllamaBack
     assert completion.token_logprobs is None
 
 
-async def test_complete_timeout(server: FakeOllama) -> None:
-    backend = OllamaBackend(host=server.url, model_name=MODEL, timeout_s=0.5)
+async def test_complete_timeout(server: FakeOllama, http_transport: HttpTransportName) -> None:
+    backend = OllamaBackend(
+        host=server.url, model_name=MODEL, timeout_s=0.5, http_transport=http_transport
+    )
     server.enqueue(ScriptedReply(delay_s=5.0))
 
     started = time.perf_counter()
@@ -194,9 +214,11 @@ async def test_complete_bad_request(server: FakeOllama, backend: OllamaBackend) 
     assert "invalid options" in caught.value.message
 
 
-async def test_complete_connection_refused() -> None:
+async def test_complete_connection_refused(http_transport: HttpTransportName) -> None:
     host = unused_local_url()
-    backend = OllamaBackend(host=host, model_name=MODEL, timeout_s=5.0)
+    backend = OllamaBackend(
+        host=host, model_name=MODEL, timeout_s=5.0, http_transport=http_transport
+    )
 
     started = time.perf_counter()
     with pytest.raises(BackendUnavailable) as caught:
@@ -209,9 +231,11 @@ async def test_complete_connection_refused() -> None:
     assert MODEL in caught.value.message
 
 
-async def test_error_message_hides_credentials() -> None:
+async def test_error_message_hides_credentials(http_transport: HttpTransportName) -> None:
     host = unused_local_url().replace("http://", "http://operator:hunter2@")
-    backend = OllamaBackend(host=host, model_name=MODEL, timeout_s=5.0)
+    backend = OllamaBackend(
+        host=host, model_name=MODEL, timeout_s=5.0, http_transport=http_transport
+    )
 
     with pytest.raises(BackendUnavailable) as caught:
         await backend.complete(MESSAGES, max_tokens=16)
@@ -248,9 +272,11 @@ async def test_public_message_hides_server(
     assert server_text in caught.value.message
 
 
-async def test_public_message_connection_refused() -> None:
+async def test_public_message_connection_refused(http_transport: HttpTransportName) -> None:
     host = unused_local_url()
-    backend = OllamaBackend(host=host, model_name=MODEL, timeout_s=5.0)
+    backend = OllamaBackend(
+        host=host, model_name=MODEL, timeout_s=5.0, http_transport=http_transport
+    )
 
     with pytest.raises(BackendUnavailable) as caught:
         await backend.complete(MESSAGES, max_tokens=16)
@@ -277,6 +303,38 @@ async def test_complete_malformed_body(
         await backend.complete(MESSAGES, max_tokens=16)
 
     assert "not the expected JSON object" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("close", "sent an invalid HTTP response (RemoteProtocolError)"),
+        ("truncated", "sent an invalid HTTP response (RemoteProtocolError)"),
+        ("not_http", "sent an invalid HTTP response (RemoteProtocolError)"),
+    ],
+)
+async def test_complete_broken_exchange(
+    server: FakeOllama, backend: OllamaBackend, fault: str, expected: str
+) -> None:
+    server.enqueue(
+        ScriptedReply.broken(fault), ScriptedReply(content="( Yield :output ( Today ) )")
+    )
+
+    with pytest.raises(BackendResponseError) as caught:
+        await backend.complete(MESSAGES, max_tokens=16)
+    after = await backend.complete(MESSAGES, max_tokens=16)
+
+    assert expected in caught.value.message
+    assert after.text == "( Yield :output ( Today ) )"
+
+
+async def test_connections_are_reused(server: FakeOllama, backend: OllamaBackend) -> None:
+    for _ in range(10):
+        await backend.complete(MESSAGES, max_tokens=16)
+
+    # httpx's own transport takes its clients in turn, each with its own connection.
+    connections = {request.client_port for request in server.requests_to("/api/chat")}
+    assert len(connections) <= HTTPX_CLIENT_COUNT
 
 
 async def test_complete_concurrent_requests(server: FakeOllama, backend: OllamaBackend) -> None:
@@ -323,8 +381,10 @@ async def test_probe_model_missing(server: FakeOllama, backend: OllamaBackend) -
     assert f"ollama pull {MODEL}" in status.detail
 
 
-async def test_probe_server_down() -> None:
-    backend = OllamaBackend(host=unused_local_url(), model_name=MODEL, timeout_s=5.0)
+async def test_probe_server_down(http_transport: HttpTransportName) -> None:
+    backend = OllamaBackend(
+        host=unused_local_url(), model_name=MODEL, timeout_s=5.0, http_transport=http_transport
+    )
 
     status = await backend.probe()
     await backend.aclose()
@@ -343,8 +403,12 @@ async def test_probe_after_server_stops(server: FakeOllama, backend: OllamaBacke
     assert stopped.ready is False
 
 
-async def test_probe_accepts_untagged_name(server: FakeOllama) -> None:
-    backend = OllamaBackend(host=server.url, model_name=f"{MODEL}:latest", timeout_s=5.0)
+async def test_probe_accepts_untagged_name(
+    server: FakeOllama, http_transport: HttpTransportName
+) -> None:
+    backend = OllamaBackend(
+        host=server.url, model_name=f"{MODEL}:latest", timeout_s=5.0, http_transport=http_transport
+    )
 
     status = await backend.probe()
     await backend.aclose()

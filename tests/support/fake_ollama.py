@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class ScriptedReply:
     raw_body: bytes | None = None
     done_reason: str = "stop"
     prompt_eval_count: int | None = None  # default: the word count of the prompt
+    # A broken HTTP exchange instead of a response: "close" closes the connection without
+    # a response, "truncated" announces a longer body than it sends, "not_http" answers
+    # with bytes that are not HTTP. Each closes the connection afterwards.
+    fault: Literal["close", "truncated", "not_http"] | None = None
 
     def __post_init__(self) -> None:
         if self.tokens is not None and "".join(text for text, _ in self.tokens) != self.content:
@@ -107,6 +111,11 @@ class ScriptedReply:
     def failure(cls, status: int, message: str, *, delay_s: float = 0.0) -> ScriptedReply:
         """Build an error reply: `status` with the body {"error": message}."""
         return cls(status=status, error_message=message, delay_s=delay_s)
+
+    @classmethod
+    def broken(cls, fault: Literal["close", "truncated", "not_http"]) -> ScriptedReply:
+        """Build a reply that breaks the HTTP exchange itself (see `fault`)."""
+        return cls(fault=fault)
 
     @classmethod
     def malformed(cls, body: bytes, *, status: int = 200) -> ScriptedReply:
@@ -129,6 +138,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any  # the parsed JSON body, None when there was none, the raw text when invalid
+    client_port: int = 0  # the client's end of the connection: equal ports, one connection
 
 
 @dataclass
@@ -445,6 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             headers={name.lower(): value for name, value in self.headers.items()},
             body=body,
+            client_port=self.client_address[1],
         )
         with self.state.lock:
             self.state.requests.append(recorded)
@@ -561,7 +572,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
 
-        if reply.raw_body is not None:
+        if reply.fault is not None:
+            self._break_exchange(reply.fault)
+        elif reply.raw_body is not None:
             self._send_bytes(reply.status, reply.raw_body, "application/json; charset=utf-8")
         elif reply.status >= 400 or reply.error_message is not None:
             self._send_error_json(reply.status, reply.error_message or "scripted failure")
@@ -611,6 +624,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
+
+    def _break_exchange(self, fault: str) -> None:
+        self.close_connection = True
+        if fault == "truncated":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", "4096")
+            self.end_headers()
+            self.wfile.write(b'{"model": "')
+        elif fault == "not_http":
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
         self.wfile.flush()
 
     def _send_ndjson(self, status: int, chunks: Iterator[dict[str, Any]]) -> None:

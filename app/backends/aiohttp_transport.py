@@ -1,0 +1,177 @@
+"""An httpx transport that sends requests through aiohttp, for the Ollama client.
+
+The official `ollama` client is built on httpx. Its default transport
+(httpcore over anyio) yields to the event loop at each write, lock and
+buffered read, even when no I/O waits, and its connection pool scans every
+connection per request. Under many concurrent plan requests on one worker,
+that CPU time and those yields delay every request. This transport keeps
+the httpx and ollama interfaces and exceptions, and hands the HTTP/1.1
+connections to aiohttp. In the 64-client benchmark (docs/benchmarks.md),
+the service's CPU time per request fell from 2.8 to 2.2 ms with it.
+
+aiohttp errors become the httpx exceptions the ollama client and
+`OllamaBackend` already handle: a refused connection is `httpx.ConnectError`,
+a response that stops early or breaks HTTP is `httpx.RemoteProtocolError`,
+and a slow server is `httpx.ConnectTimeout` or `httpx.ReadTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import httpx
+import yarl
+
+CHUNK_BYTES = 65_536
+DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_KEEPALIVE_S = 15.0
+
+# Checked in order, so each subclass comes before its base classes.
+_ERROR_MAP: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientProxyConnectionError, httpx.ProxyError),
+    (aiohttp.ClientHttpProxyError, httpx.ProxyError),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
+    (aiohttp.ClientConnectionError, httpx.ReadError),
+    (aiohttp.ClientError, httpx.TransportError),
+)
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Send httpx requests over one aiohttp session with a pool of keep-alive connections."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    ) -> None:
+        """Configure the pool; the session opens with the first request, in its event loop.
+
+        `max_connections` bounds the open connections (0 for no bound); a request
+        beyond it waits for one, within the request's pool timeout. An idle
+        connection closes after `keepalive_s` seconds.
+        """
+        if max_connections < 0:
+            raise ValueError(f"max_connections must be 0 or more, got {max_connections}")
+        if keepalive_s <= 0:
+            raise ValueError(f"keepalive_s must be positive, got {keepalive_s}")
+        self.max_connections = max_connections
+        self.keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AiohttpTransport(max_connections={self.max_connections}, "
+            f"keepalive_s={self.keepalive_s})"
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` and return its response, with the body still to be read."""
+        body = await request.aread()
+        headers = [
+            (name, value)
+            for name, value in request.headers.multi_items()
+            # The body is sent whole, with its Content-Length, never in chunks.
+            if name.lower() != "transfer-encoding"
+        ]
+        with _as_httpx_errors(request):
+            response = await self._current_session().request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,  # httpx follows redirects itself when configured to
+                timeout=_client_timeout(request),
+            )
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_ResponseBody(response, request),
+            request=request,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+            },
+        )
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        session, self._session = self._session, None
+        if session is not None and self._session_loop is asyncio.get_running_loop():
+            await session.close()
+
+    def _current_session(self) -> aiohttp.ClientSession:
+        """Return the session of the running event loop, opening it on first use.
+
+        A session belongs to the loop it was opened in. A transport used from a
+        new loop (its old one is finished) opens a new session there.
+        """
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=self.keepalive_s
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,  # httpx decodes Content-Encoding itself
+                cookie_jar=aiohttp.DummyCookieJar(),  # and keeps cookies itself
+            )
+            self._session_loop = loop
+        return self._session
+
+
+class _ResponseBody(httpx.AsyncByteStream):
+    """The body of an aiohttp response, read in chunks by httpx."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors(self._request):
+            async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
+
+    async def aclose(self) -> None:
+        # A connection returns to the pool only after its whole body was read, because
+        # the rest of an unread body would arrive ahead of the next response.
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def _client_timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+    """Translate httpx's timeouts; aiohttp has no write timeout, so the others bound a request."""
+    timeout = request.extensions.get("timeout", {})
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=timeout.get("pool"),  # waiting for a free connection, then connecting
+        sock_connect=timeout.get("connect"),
+        sock_read=timeout.get("read"),
+    )
+
+
+@contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """Raise the httpx exception that matches an aiohttp one, with the original as its cause."""
+    try:
+        yield
+    except (TimeoutError, aiohttp.ClientError) as error:
+        for aiohttp_type, httpx_type in _ERROR_MAP:
+            if isinstance(error, aiohttp_type):
+                message = str(error) or type(error).__name__
+                raise httpx_type(message, request=request) from error
+        raise
