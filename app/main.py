@@ -20,6 +20,7 @@ from app.backends.base import ModelBackend
 from app.backends.factory import build_large_backend, build_small_backend
 from app.core.api_keys import parse_api_keys
 from app.core.config import Settings, get_settings
+from app.core.garbage_collection import serving_garbage_collector
 from app.core.logging import configure_logging
 from app.core.metrics import ServiceMetrics
 from app.core.policy_store import LocalPolicyStore, PolicyStore, RedisPolicyStore, connect_redis
@@ -349,7 +350,8 @@ def create_app(
         app.state.response_namespace = response_namespace(settings, app.state.planner)
         _warn_if_open(settings, app.state.api_keys)
         try:
-            yield
+            with serving_garbage_collector():
+                yield
         finally:
             await small.aclose()
             if large is not None:

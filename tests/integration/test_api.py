@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import socket
 import threading
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.api.schemas import CONTEXT_MAX_TURNS, UTTERANCE_MAX_CHARS
 from app.core.config import DEFAULT_EXAMPLES_PATH, Settings
+from app.core.garbage_collection import YOUNG_GENERATION_THRESHOLD
 from app.domain.example_bank import load_bank
 from app.main import create_app
 from tests.support.fake_bedrock import (
@@ -605,6 +607,16 @@ def test_cut_off_plan_logs_token_limit(ollama, capfd):
     assert response.status_code == 502
     assert "The small model returned no usable plan." in response.json()["detail"]
     assert "generation stopped at its token limit" in plan_unavailable_log(capfd, "cut-off")
+
+
+def test_service_tunes_garbage_collector(ollama):
+    with TestClient(create_app(make_settings(ollama.url))):
+        threshold = gc.get_threshold()[0]
+        frozen = gc.get_freeze_count()
+
+    assert threshold == YOUNG_GENERATION_THRESHOLD
+    assert frozen > 0
+    assert gc.get_freeze_count() == 0
 
 
 def stderr_lines_of(capfd: pytest.CaptureFixture[str], request_id: str) -> list[str]:
