@@ -18,8 +18,10 @@ and a slow server is `httpx.ConnectTimeout` or `httpx.ReadTimeout`.
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import aiohttp
 import httpx
@@ -28,6 +30,10 @@ import yarl
 CHUNK_BYTES = 65_536
 DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_KEEPALIVE_S = 15.0
+# A response head as large as httpcore reads (100 KiB), instead of aiohttp's 8,190 bytes
+# per line and 128 header fields.
+MAX_HEAD_BYTES = 100 * 1024
+MAX_HEADER_FIELDS = 1024
 
 # Checked in order, so each subclass comes before its base classes.
 _ERROR_MAP: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -95,13 +101,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False,  # httpx follows redirects itself when configured to
                 timeout=_client_timeout(request),
             )
+        version = response.version
+        http_version = f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1"
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
             stream=_ResponseBody(response, request),
             request=request,
             extensions={
-                "http_version": b"HTTP/1.1",
+                "http_version": http_version.encode("ascii"),
                 "reason_phrase": (response.reason or "").encode("ascii", "replace"),
             },
         )
@@ -120,16 +128,53 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """
         loop = asyncio.get_running_loop()
         if self._session is None or self._session_loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            connector = _CheckedConnector(
                 limit=self.max_connections, keepalive_timeout=self.keepalive_s
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
                 cookie_jar=aiohttp.DummyCookieJar(),  # and keeps cookies itself
+                max_line_size=MAX_HEAD_BYTES,
+                max_field_size=MAX_HEAD_BYTES,
+                max_headers=MAX_HEADER_FIELDS,
             )
             self._session_loop = loop
         return self._session
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """A connector that checks an idle connection before it sends a request on it.
+
+    aiohttp reuses a pooled connection as long as the event loop has not yet
+    processed its closing. A server that closes right after a response (or a
+    broken one that writes to an idle connection) leaves a FIN or stray bytes
+    there, and the next request would fail or read the stray bytes as its
+    response. Like httpcore, this drops an idle connection whose socket is
+    already readable, since nothing should arrive on it before a request.
+    """
+
+    async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:
+        # NOTE: _get is aiohttp's internal hook for taking a pooled connection (as of
+        # 3.14), so tests/integration/test_aiohttp_transport.py fails if it changes.
+        while True:
+            connection = await super()._get(key, traces)
+            if connection is None or _still_idle(connection):
+                return connection
+            connection.close()
+
+
+def _still_idle(connection: aiohttp.connector.Connection) -> bool:
+    """Return True when nothing arrived on a pooled connection since its last response."""
+    protocol = connection.protocol
+    transport = connection.transport
+    if protocol is None or transport is None or protocol.should_close:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -140,9 +185,18 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors(self._request):
-            async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):
-                yield chunk
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        try:
+            with _as_httpx_errors(self._request):
+                async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):
+                    yield chunk
+        except httpx.RemoteProtocolError as error:
+            # A body cut short by a broken connection (a reset, say) rather than by the
+            # server ending it early: a network failure, as httpx reports it.
+            if protocol is not None and isinstance(protocol.exception(), OSError):
+                raise httpx.ReadError(str(error), request=self._request) from error
+            raise
 
     async def aclose(self) -> None:
         # A connection returns to the pool only after its whole body was read, because

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -33,8 +34,8 @@ MAX_ERROR_TEXT_CHARS = 300
 HTTP_TRANSPORTS = ("aiohttp", "httpx")
 HttpTransportName = Literal["aiohttp", "httpx"]
 # Clients taken in turn with httpx's own transport. One client's connection pool (httpcore
-# 1.0) closes connections beyond 20 idle ones and scans its pool per request, so 64
-# concurrent requests through one client reached about 60% of the throughput a model allows.
+# 1.0) closes an idle connection whenever it holds over 20 in all, and scans every one per
+# request, so 64 concurrent requests through one client reached about 60% of the bound.
 HTTPX_CLIENT_COUNT = 4
 
 # Exceptions that the ollama client raises on a failed call. It wraps HTTP status errors in
@@ -109,16 +110,10 @@ class OllamaBackend:
         self._options = dict(options or {})
         self._keep_alive = keep_alive
         self.http_transport = http_transport
-        if http_transport == "aiohttp":
-            self._clients = [
-                ollama.AsyncClient(host=host, timeout=timeout_s, transport=AiohttpTransport())
-            ]
-        else:
-            self._clients = [
-                ollama.AsyncClient(host=host, timeout=timeout_s) for _ in range(HTTPX_CLIENT_COUNT)
-            ]
-        self._next_client = itertools.cycle(self._clients)
-        self._client = self._clients[0]  # for probes
+        self._host_with_credentials = host
+        self._clients: list[ollama.AsyncClient] = []
+        self._next_client: Iterator[ollama.AsyncClient] = iter(())
+        self._clients_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return (
@@ -137,7 +132,7 @@ class OllamaBackend:
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.timeout_s):
-                response = await next(self._next_client).chat(
+                response = await self._next_client_of_running_loop().chat(
                     model=self.model_name,
                     messages=_message_dicts(messages),
                     stream=False,
@@ -169,7 +164,7 @@ class OllamaBackend:
         """
         try:
             with anyio.fail_after(self.probe_timeout_s):
-                show = await self._client.show(self.model_name)
+                show = await self._clients_of_running_loop()[0].show(self.model_name)
         except _CLIENT_ERRORS as error:
             failure = self._failure("show", error, self.probe_timeout_s)
             logger.warning(
@@ -195,9 +190,38 @@ class OllamaBackend:
         return self._status(ready=True, detail=detail, extra=extra)
 
     async def aclose(self) -> None:
-        """Close the HTTP connection pool."""
-        for client in self._clients:
-            await client.close()
+        """Close the HTTP connection pools opened in the running event loop."""
+        clients, self._clients = self._clients, []
+        if self._clients_loop is asyncio.get_running_loop():
+            for client in clients:
+                await client.close()
+        self._clients_loop = None
+
+    def _next_client_of_running_loop(self) -> ollama.AsyncClient:
+        """Return the running event loop's clients in turn."""
+        self._clients_of_running_loop()
+        return next(self._next_client)
+
+    def _clients_of_running_loop(self) -> list[ollama.AsyncClient]:
+        """Return the clients of the running event loop, opening them on its first call.
+
+        A client's connections belong to the loop that opened them, so a backend
+        used from a new loop (a second `asyncio.run`, say) opens new clients.
+        NOTE: the connections of a finished loop cannot be closed any more; they
+        are left to the garbage collector, which warns about them.
+        """
+        loop = asyncio.get_running_loop()
+        if self._clients_loop is not loop or not self._clients:
+            self._clients = self._new_clients()
+            self._next_client = itertools.cycle(self._clients)
+            self._clients_loop = loop
+        return self._clients
+
+    def _new_clients(self) -> list[ollama.AsyncClient]:
+        host, timeout_s = self._host_with_credentials, self.timeout_s
+        if self.http_transport == "aiohttp":
+            return [ollama.AsyncClient(host=host, timeout=timeout_s, transport=AiohttpTransport())]
+        return [ollama.AsyncClient(host=host, timeout=timeout_s) for _ in range(HTTPX_CLIENT_COUNT)]
 
     def _request_options(self, max_tokens: int) -> dict[str, Any]:
         # Greedy decoding keeps the token log probabilities comparable between requests.
