@@ -200,6 +200,9 @@ class Planner:
         """
         self.index = index
         self.small = small
+        # Checked once, because isinstance against a runtime-checkable Protocol inspects
+        # every member (7 µs per check on the development machine).
+        self._scorer = small if isinstance(small, CandidateScorer) else None
         self.large = large
         self.policy = policy
         self.few_shot_k = few_shot_k
@@ -341,7 +344,7 @@ class Planner:
         """
         context = tuple(context)[-self.small_context_turns :] if self.small_context_turns else ()
         max_tokens = _generation_limit(self.small_max_tokens, candidates)
-        scorer = self.small if isinstance(self.small, CandidateScorer) else None
+        scorer = self._scorer
         to_score = candidates[: self.candidate_count] if scorer is not None else []
         for example_count, prompt_context in _shorter_prompts(len(few_shot), context):
             examples = [scored.example for scored in few_shot[:example_count]]
