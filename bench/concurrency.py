@@ -63,10 +63,18 @@ def bound_rps(options: ConcurrencyOptions) -> float:
 
 
 def _measure(
-    service: ServerProcess, options: ConcurrencyOptions, model_server: ServerProcess | None = None
+    service: ServerProcess,
+    options: ConcurrencyOptions,
+    model_server: ServerProcess | None = None,
+    *,
+    service_cpu: bool = True,
 ) -> dict[str, Any]:
-    """Run the closed loop against `service`; add the CPU share each server process used."""
-    watched = {"service": service, "model_server": model_server}
+    """Run the closed loop against `service`; add the CPU share each server process used.
+
+    `service_cpu` is False where the service's work happens in child processes
+    (WORKERS), whose CPU time the parent's figure would leave out.
+    """
+    watched = {"service": service if service_cpu else None, "model_server": model_server}
     cpu_before = {name: server.cpu_seconds() for name, server in watched.items() if server}
     started = time.perf_counter()
     result = run_async(
@@ -83,7 +91,7 @@ def _measure(
     figures["share_of_bound"] = round(result.rps / bound_rps(options), 3)
     for name, before in cpu_before.items():
         figures[f"{name}_cpu_share"] = cpu_share(before, watched[name].cpu_seconds(), wall_s)
-    if result.rps > 0:
+    if result.rps > 0 and service_cpu:
         # CPU of the service per completed request, warm-up included, which is why it is
         # computed from the share of the whole run and the rate of the measured window.
         figures["service_cpu_ms_per_request"] = round(
@@ -158,8 +166,9 @@ def run(options: ConcurrencyOptions, workdir: Path) -> dict[str, Any]:
         variants = {
             "in_process": _measure(in_process, options),
             "ollama": _measure(one_worker, options, model_server=simulated),
-            # The CPU figures cover the supervising process only, not its two workers.
-            "ollama_two_workers": _measure(two_workers, options, model_server=simulated),
+            "ollama_two_workers": _measure(
+                two_workers, options, model_server=simulated, service_cpu=False
+            ),
         }
     finally:
         stop_all(servers)

@@ -81,7 +81,12 @@ class CircuitBreakerBackend:
     def _record_failure(self, error: Exception) -> None:
         self._failures += 1
         if self._opened_at is not None or self._failures >= self.failure_threshold:
+            # Logged when the circuit opens or a trial call fails, not again for each
+            # call that was already in flight when it opened.
+            opening = self._opened_at is None or self._trial_running
             self._opened_at = self._clock()
+            if not opening:
+                return
             logger.warning(
                 "circuit open backend=%s model=%s failures=%d reset_after_s=%g error=%s",
                 self.backend,

@@ -186,7 +186,10 @@ class OllamaBackend:
             )
             return self._status(ready=False, detail=detail, extra=extra)
 
-        detail = f"model {self.model_name!r} is available on Ollama at {self.host}"
+        detail = (
+            f"model {self.model_name!r} is available on Ollama at {self.host} "
+            f"(HTTP transport {self.http_transport})"
+        )
         return self._status(ready=True, detail=detail, extra=extra)
 
     async def aclose(self) -> None:
@@ -235,7 +238,7 @@ class OllamaBackend:
             model_name=self.model_name,
             ready=ready,
             detail=detail,
-            extra={"host": self.host, **(extra or {})},
+            extra={"host": self.host, "http_transport": self.http_transport, **(extra or {})},
         )
 
     def _failure(self, endpoint: str, error: BaseException, timeout_s: float) -> BackendError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import anyio
 import pytest
 
 from app.backends.base import ChatMessage
@@ -125,3 +126,22 @@ async def test_probe_reports_state(ollama):
     assert status.ready
     assert status.extra["circuit"] == "closed"
     await backend.aclose()
+
+
+async def test_opening_logged_once(ollama, caplog):
+    ollama.enqueue(*(ScriptedReply(delay_s=1.0) for _ in range(4)))
+    backend = breaker(ollama.url, Clock(), timeout_s=0.3)
+
+    async def fail_once() -> None:
+        with pytest.raises(BackendTimeout):
+            await backend.complete(PROMPT, max_tokens=32)
+
+    with caplog.at_level("WARNING", logger="app.backends.circuit"):
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(fail_once)
+    await backend.aclose()
+
+    opened = [record for record in caplog.records if record.getMessage().startswith("circuit open")]
+    assert backend.state == "open"
+    assert len(opened) == 1
