@@ -91,7 +91,7 @@ class ScriptedReply:
     done_reason: str = "stop"
     prompt_eval_count: int | None = None  # default: the word count of the prompt
     # A broken HTTP exchange instead of a response: "close" closes the connection without
-    # a response, "truncated" announces a longer body than it sends, "not_http" answers
+    # a response, "truncated" announces a longer body than it sends, "not_http" replies
     # with bytes that are not HTTP. Each closes the connection afterwards.
     fault: Literal["close", "truncated", "not_http"] | None = None
 
