@@ -34,8 +34,8 @@ MAX_ERROR_TEXT_CHARS = 300
 HTTP_TRANSPORTS = ("aiohttp", "httpx")
 HttpTransportName = Literal["aiohttp", "httpx"]
 # Clients taken in turn with httpx's own transport. One client's connection pool (httpcore
-# 1.0) closes an idle connection whenever it holds over 20 in all, and scans every one per
-# request, so 64 concurrent requests through one client reached about 60% of the bound.
+# 1.0) closes an idle connection whenever it has over 20 connections in all, and scans every
+# one per request, so 64 concurrent requests through one client reached about 60% of the bound.
 HTTPX_CLIENT_COUNT = 4
 
 # Exceptions that the ollama client raises on a failed call. It wraps HTTP status errors in

@@ -8,7 +8,7 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-# Client libraries held at WARNING, whatever LOG_LEVEL says. httpx logs every Ollama call
+# Client libraries held at WARNING, whatever LOG_LEVEL is set to. httpx logs every Ollama call
 # at INFO, which repeats the request's own line, and at DEBUG botocore logs each Bedrock
 # request with its headers, which carry the session token of temporary credentials.
 QUIET_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
