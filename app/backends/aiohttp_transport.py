@@ -34,6 +34,9 @@ DEFAULT_KEEPALIVE_S = 15.0
 # per line and 128 header fields.
 MAX_HEAD_BYTES = 100 * 1024
 MAX_HEADER_FIELDS = 1024
+# httpcore's words for a connection closed before any byte of a response, kept the same so
+# that callers tell that case apart from a broken response in one way for both transports.
+NO_RESPONSE_MESSAGE = "Server disconnected without sending a response."
 
 # Checked in order, so each subclass comes before its base classes.
 _ERROR_MAP: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -92,7 +95,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # The body is sent whole, with its Content-Length, never in chunks.
             if name.lower() != "transfer-encoding"
         ]
-        with _as_httpx_errors(request):
+        with _as_httpx_errors(request, before_response=True):
             response = await self._current_session().request(
                 request.method,
                 yarl.URL(str(request.url), encoded=True),
@@ -219,11 +222,16 @@ def _client_timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
 
 
 @contextmanager
-def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
-    """Raise the httpx exception that matches an aiohttp one, with the original as its cause."""
+def _as_httpx_errors(request: httpx.Request, *, before_response: bool = False) -> Iterator[None]:
+    """Raise the httpx exception that matches an aiohttp one, with the original as its cause.
+
+    `before_response` is True while no byte of the response has arrived.
+    """
     try:
         yield
     except (TimeoutError, aiohttp.ClientError) as error:
+        if before_response and isinstance(error, aiohttp.ServerDisconnectedError):
+            raise httpx.RemoteProtocolError(NO_RESPONSE_MESSAGE, request=request) from error
         for aiohttp_type, httpx_type in _ERROR_MAP:
             if isinstance(error, aiohttp_type):
                 message = str(error) or type(error).__name__

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import ollama
 
-from app.backends.aiohttp_transport import AiohttpTransport
+from app.backends.aiohttp_transport import NO_RESPONSE_MESSAGE, AiohttpTransport
 from app.backends.base import BackendStatus, ChatMessage, Completion
 from app.backends.errors import (
     BackendError,
@@ -260,6 +260,13 @@ class OllamaBackend:
             return BackendUnavailable(
                 self.backend,
                 f"cannot connect to {where}: check that the server runs and the host is right",
+            )
+        if isinstance(error, httpx.RemoteProtocolError) and str(error) == NO_RESPONSE_MESSAGE:
+            # The server went away mid-request (a crash or a restart), as unreachable as a
+            # refused connection, so it counts toward the circuit breaker too.
+            return BackendUnavailable(
+                self.backend,
+                f"{where} closed the connection without a response: check that the server runs",
             )
         if isinstance(error, httpx.ProtocolError | httpx.DecodingError):
             return BackendResponseError(

@@ -242,6 +242,17 @@ def test_ollama_server_error_is_502(client, ollama):
     assert "llama runner process has terminated" not in detail
 
 
+def test_ollama_gone_mid_request_is_503(ollama):
+    ollama.enqueue(ScriptedReply.broken("close"))
+
+    with TestClient(create_app(make_settings(ollama.url))) as client:
+        response = client.post("/api/inference/generate-plan", json={"utterance": UNMATCHED})
+
+    assert response.status_code == 503
+    assert "The small model could not be reached." in response.json()["detail"]
+    assert "retry-after" in response.headers
+
+
 def test_503_body_hides_ollama_url(capfd):
     url = unused_local_url()
     port = url.rsplit(":", 1)[1]
